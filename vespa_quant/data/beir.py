@@ -68,7 +68,7 @@ class BeirDataset:
 
 
 def resolve_data_root(data_root: str | Path | None = None) -> Path:
-    """Folder holding BEIR datasets: the argument, else ``$VESPA_QUANT_DATA``, else the user cache."""
+    """BEIR datasets folder: the argument, else ``$VESPA_QUANT_DATA``, else the user cache."""
     if data_root is not None:
         return Path(data_root).expanduser()
     from_env = os.environ.get(DATA_ROOT_ENV)

@@ -1,0 +1,139 @@
+"""``vespa-quant``: a thin command line over the library; each command calls one public function."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from vespa_quant.errors import VespaQuantError
+
+app = typer.Typer(
+    help="Quantized text embeddings on Vespa: evaluate quantizers, deploy, feed, measure drift.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _group() -> None:
+    """Quantized text embeddings on Vespa: evaluate quantizers, deploy, feed, measure drift."""
+
+
+DatasetOption = typer.Option(
+    "scifact", "--dataset", "-d",
+    help="BEIR dataset: a folder in BEIR layout, or a name looked up under --data-root "
+         "(downloaded from the BEIR mirror when missing and online).",
+)
+ModelOption = typer.Option(
+    "all-MiniLM-L6-v2", "--model", "-m",
+    help="sentence-transformers model: all-MiniLM-L6-v2 (bundled, offline), mxbai-embed-large-v1, "
+         "nomic-embed-text-v1.5, or any hub id. Embeddings are cached on disk.",
+)
+MethodsOption = typer.Option(
+    "all", "--methods",
+    help="Comma-separated quantization methods, or 'all': float32, bfloat16, int8_asym, binary_asym, "
+         "binary_median_asym, binary_hamming, binary_rescore, quaternary_asym, lloyd_max_gauss, lloyd_max_empir.",
+)
+DimsOption = typer.Option(
+    None, "--dims", help="Comma-separated Matryoshka dims (first k dims, re-normalised). Default: the model's native dim.",
+)
+RotationOption = typer.Option("none", "--rotation", help="Orthogonal rotation before quantizing: none, hadamard or qr (seeded).")
+SeedOption = typer.Option(0, "--seed", help="Seed for rotations and bootstrap resampling.")
+DataRootOption = typer.Option(
+    None, "--data-root", envvar="VESPA_QUANT_DATA",
+    help="Folder holding BEIR datasets by name (env VESPA_QUANT_DATA; default ~/.cache/vespa-quant/datasets).",
+)
+CacheDirOption = typer.Option(
+    None, "--cache-dir", envvar="VESPA_QUANT_CACHE",
+    help="Embedding cache folder (env VESPA_QUANT_CACHE; default ~/.cache/vespa-quant/embeddings).",
+)
+DocEmbeddingsOption = typer.Option(
+    None, "--doc-embeddings",
+    help="Bring your own model: a .npy of document vectors; ids from the file beside it with suffix .ids (one per line).",
+)
+QueryEmbeddingsOption = typer.Option(None, "--query-embeddings", help="As --doc-embeddings, for the queries.")
+
+
+def cli_errors(command: Callable) -> Callable:
+    """Turn the package's errors into one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except VespaQuantError as error:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def parse_dims(spec: Optional[str], native: int) -> list[int]:
+    if not spec:
+        return [native]
+    try:
+        return [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise VespaQuantError(f"--dims must be comma-separated integers, got {spec!r}") from None
+
+
+def precomputed_embeddings(doc: Optional[Path], query: Optional[Path]) -> dict:
+    return {
+        kind: (path, path.with_suffix(".ids"))
+        for kind, path in (("document", doc), ("query", query)) if path is not None
+    }
+
+
+@app.command("evaluate")
+@cli_errors
+def evaluate_command(
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
+    methods: str = MethodsOption,
+    dims: Optional[str] = DimsOption,
+    rotation: str = RotationOption,
+    backend: str = typer.Option("local", "--backend", help="local: the in-process engine; vespa: query a running Vespa fed with `vespa-quant feed`."),
+    endpoint: str = typer.Option("http://localhost:8080", "--endpoint", help="Vespa query endpoint for --backend vespa."),
+    first_phase: str = typer.Option("auto", "--first-phase", help="auto: Hamming first phase only for binary_hamming/binary_rescore; hamming: for every method with sign bits; none: exhaustive."),
+    k1: int = typer.Option(100, "--k1", help="Candidates kept per query by the Hamming first phase."),
+    hits: int = typer.Option(100, "--hits", help="Hits per query scored (recall@100 needs 100)."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the queries for the 95% CIs."),
+    seed: int = SeedOption,
+    output: Path = typer.Option(Path("out"), "--output", "-o", help="Folder for results.json, results.csv, per_query.csv and pareto.png."),
+    data_root: Optional[Path] = DataRootOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+    doc_embeddings: Optional[Path] = DocEmbeddingsOption,
+    query_embeddings: Optional[Path] = QueryEmbeddingsOption,
+) -> None:
+    """Evaluate quantization methods: NDCG@10 with bootstrap CIs, bytes/vector, paired delta vs float32."""
+    from vespa_quant.evaluate.report import format_table
+    from vespa_quant.evaluate.runner import LocalBackend, evaluate, load_embedded, write_evaluation
+    from vespa_quant.quantize.registry import parse_methods
+
+    chosen = parse_methods(methods)
+    embedded = load_embedded(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                             precomputed=precomputed_embeddings(doc_embeddings, query_embeddings))
+    if backend == "local":
+        search_backend = LocalBackend(first_phase=first_phase, k1=k1)
+    elif backend == "vespa":
+        from vespa_quant.evaluate.vespa_backend import VespaBackend
+
+        search_backend = VespaBackend(endpoint=endpoint, doc_ids=embedded.dataset.doc_ids,
+                                      first_phase=first_phase, k1=k1)
+    else:
+        raise VespaQuantError(f"--backend must be 'local' or 'vespa', got {backend!r}")
+    evaluation = evaluate(embedded, chosen, parse_dims(dims, embedded.native_dim), rotation=rotation,
+                          seed=seed, backend=search_backend, hits=hits, n_resamples=resamples)
+    written = write_evaluation(evaluation, output, title=f"{embedded.dataset.name} / {model}")
+    typer.echo(format_table(evaluation.rows))
+    typer.echo("wrote " + ", ".join(str(path) for path in written))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])

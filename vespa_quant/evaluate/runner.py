@@ -1,0 +1,179 @@
+"""Evaluate methods x dims on one embedded dataset, on any search backend.
+
+This is the library behind ``vespa-quant evaluate``: load and embed (cached), truncate to each
+Matryoshka dim, calibrate, encode, search with a backend (the in-process engine or Vespa), score
+with pytrec_eval, and attach bootstrap CIs and a paired bootstrap against float32 (brief Q6).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vespa_quant.data.beir import BeirDataset, load_beir
+from vespa_quant.embed.cache import embed_dataset, truncate_matryoshka
+from vespa_quant.engine.local import FirstPhase, Hits, search
+from vespa_quant.errors import VespaQuantError
+from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap, per_query_metrics, run_from_topk
+from vespa_quant.quantize.base import Arrays, Calibration, Method, calibrate, encode
+from vespa_quant.quantize.registry import get_method
+
+NDCG, RECALL = "ndcg_cut_10", "recall_100"
+
+
+@dataclass(frozen=True)
+class EmbeddedDataset:
+    """A dataset with its document and query embeddings at the model's native dim."""
+
+    dataset: BeirDataset
+    model: str
+    doc_vectors: np.ndarray
+    query_vectors: np.ndarray
+
+    @property
+    def native_dim(self) -> int:
+        return self.doc_vectors.shape[1]
+
+    def at_dim(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(docs, queries) truncated Matryoshka-style to ``dim`` and re-normalised."""
+        if dim > self.native_dim or dim < 8:
+            raise VespaQuantError(f"dim {dim} not in [8, {self.native_dim}] for model {self.model}")
+        if dim == self.native_dim:
+            return self.doc_vectors, self.query_vectors
+        return truncate_matryoshka(self.doc_vectors, dim), truncate_matryoshka(self.query_vectors, dim)
+
+
+def load_embedded(dataset: str | Path, model: str, *, split: str = "test",
+                  data_root: str | Path | None = None, cache_dir: str | Path | None = None,
+                  precomputed: Mapping[str, tuple[str | Path, str | Path]] | None = None,
+                  show_progress: bool = True) -> EmbeddedDataset:
+    loaded = load_beir(dataset, split=split, data_root=data_root)
+    docs, queries = embed_dataset(loaded, model, cache_dir=cache_dir, precomputed=precomputed,
+                                  show_progress=show_progress)
+    return EmbeddedDataset(loaded, model, docs, queries)
+
+
+@dataclass
+class BackendHits:
+    hits: Hits
+    latencies_ms: np.ndarray | None = None
+
+
+class SearchBackend(Protocol):
+    """Where the search runs: codes are searched in process, or were fed to Vespa beforehand."""
+
+    name: str
+
+    def search(self, method: Method, calibration: Calibration, codes: Arrays,
+               queries: np.ndarray, k: int) -> BackendHits: ...
+
+
+@dataclass
+class LocalBackend:
+    """The in-process engine (:mod:`vespa_quant.engine.local`)."""
+
+    first_phase: FirstPhase = "auto"
+    k1: int = 100
+    name: str = "local"
+
+    def search(self, method: Method, calibration: Calibration, codes: Arrays,
+               queries: np.ndarray, k: int) -> BackendHits:
+        return BackendHits(search(method, calibration, codes, queries, k=k,
+                                  first_phase=self.first_phase, k1=self.k1))
+
+
+@dataclass
+class Evaluation:
+    rows: list[dict] = field(default_factory=list)
+    per_query: list[dict] = field(default_factory=list)
+
+
+def score_hits(embedded: EmbeddedDataset, hits: Hits) -> dict[str, np.ndarray]:
+    """Per-query NDCG@10 and recall@100, aligned to ``sorted(qrels)``."""
+    dataset = embedded.dataset
+    run = run_from_topk(dataset.query_ids, dataset.doc_ids, hits.indices, hits.scores)
+    return per_query_metrics(dataset.qrels, run, (NDCG, RECALL)).values
+
+
+def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequence[int], *,
+             rotation: str = "none", seed: int = 0, backend: SearchBackend | None = None,
+             hits: int = 100, n_resamples: int = 1000, show_progress: bool = True) -> Evaluation:
+    """One result row per (dim, method); float32 is always run as the paired baseline."""
+    backend = backend or LocalBackend()
+    dataset = embedded.dataset
+    query_order = sorted(dataset.qrels)
+    evaluation = Evaluation()
+    float32 = get_method("float32")
+    jobs = [(dim, method) for dim in dims for method in methods]
+    progress = tqdm(total=len(jobs), desc="evaluate", unit="method", disable=not show_progress)
+    for dim in dims:
+        docs, queries = embedded.at_dim(dim)
+        baseline: np.ndarray | None = None
+        ordered = sorted(methods, key=lambda m: m.name != "float32")
+        if float32 not in ordered:
+            ordered = [float32, *ordered]
+        for method in ordered:
+            started = time.perf_counter()
+            calibration = calibrate(method, docs, rotation=rotation, seed=seed)
+            codes = encode(method, docs, calibration)
+            found = backend.search(method, calibration, codes, queries, hits)
+            values = score_hits(embedded, found.hits)
+            if method.name == "float32":
+                baseline = values[NDCG]
+            if method not in methods:
+                continue
+            progress.set_postfix_str(f"{method.name}@{dim}")
+            delta = paired_bootstrap(values[NDCG], baseline, n_resamples=n_resamples, seed=seed)
+            row = {
+                "dataset": dataset.name, "model": embedded.model, "dim": dim, "method": method.name,
+                "rotation": rotation, "bits_per_dim": method.bits_per_dim(dim),
+                "bytes_per_vector": method.bytes_per_vector(dim),
+                "ndcg_at_10": float(values[NDCG].mean()),
+                "ndcg_at_10_ci": list(bootstrap_ci(values[NDCG], n_resamples=n_resamples, seed=seed)),
+                "recall_at_100": float(values[RECALL].mean()),
+                "delta_vs_float32": delta.delta_mean,
+                "delta_vs_float32_ci": [delta.ci_low, delta.ci_high],
+                "delta_vs_float32_p": delta.p_value,
+                "n_queries": len(query_order), "n_docs": len(dataset.doc_ids),
+                "disk_bytes_per_vector": method.disk_bytes_per_vector(dim),
+                "calibration_id": calibration.id, "backend": backend.name,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            if found.latencies_ms is not None and len(found.latencies_ms):
+                for pct in (50, 95, 99):
+                    row[f"latency_ms_p{pct}"] = float(np.percentile(found.latencies_ms, pct))
+            evaluation.rows.append(row)
+            evaluation.per_query.extend(
+                {"dim": dim, "method": method.name, "query_id": qid,
+                 "ndcg_at_10": float(values[NDCG][i]), "recall_at_100": float(values[RECALL][i])}
+                for i, qid in enumerate(query_order)
+            )
+            progress.update()
+    progress.close()
+    return evaluation
+
+
+def write_evaluation(evaluation: Evaluation, out_dir: Path, *, title: str | None = None) -> list[Path]:
+    """results.json, results.csv, per_query.csv and pareto.png in ``out_dir``."""
+    import csv
+
+    from vespa_quant.evaluate.plot import pareto_plot
+    from vespa_quant.evaluate.report import write_results
+
+    out_dir = Path(out_dir)
+    written = list(write_results(evaluation.rows, out_dir))
+    per_query = out_dir / "per_query.csv"
+    tmp = per_query.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["dim", "method", "query_id", "ndcg_at_10", "recall_at_100"])
+        writer.writeheader()
+        writer.writerows(evaluation.per_query)
+    tmp.replace(per_query)
+    written.append(per_query)
+    written.append(pareto_plot(evaluation.rows, out_dir / "pareto.png", title=title))
+    return written
