@@ -549,11 +549,9 @@ def _check_stored(cells: np.ndarray, cell_type: str) -> str | None:
     """Why ``cells`` are not values a ``cell_type`` tensor can hold, or None if they are."""
     if cells.size == 0 or cell_type == "double":
         return None
-    if not np.all(np.isfinite(cells)) and cell_type == "int8":
-        return "int8 cells must be finite integers"
     as64 = cells.astype(np.float64)
     if cell_type == "int8":
-        bad = (as64 != np.round(as64)) | (as64 < -128) | (as64 > 127)
+        bad = ~np.isfinite(as64) | (as64 != np.round(as64)) | (as64 < -128) | (as64 > 127)
         reason = "int8 cells must be integers in [-128, 127]"
     elif cell_type == "float":
         with np.errstate(over="ignore"):
@@ -679,9 +677,8 @@ class _Evaluator:
                 f"unknown {label} {name!r} ({plural} given: {_available(given)})", text, pos
             )
         array = np.asarray(given[name])
-        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-            if array.dtype != np.bool_:
-                raise _error(f"{source}({name}) must be numeric, got {array.dtype}", text, pos)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise _error(f"{source}({name}) must be numeric, got dtype {array.dtype}", text, pos)
         declared_text = self.ctx.query_types.get(name) if source == "query" else None
         if declared_text is not None:
             declared = parse_tensor_type(declared_text)
@@ -901,6 +898,12 @@ class _Evaluator:
         self.ctx.call_stack.append(name)
         try:
             value = self.eval(parsed.root, parsed.text)
+        except ExpressionError as exc:
+            if getattr(exc, "function_named", False):
+                raise
+            named = ExpressionError(f"in function {name!r}: {exc}")
+            named.function_named = True
+            raise named from exc
         finally:
             self.ctx.call_stack.pop()
         self.ctx.function_values[name] = value
