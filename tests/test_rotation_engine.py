@@ -82,3 +82,14 @@ def test_optional_hamming_phase_for_two_bit_methods(generated) -> None:
     with pytest.raises(VespaQuantError, match="no sign bits"):
         search(get_method("int8_asym"), calibrate(get_method("int8_asym"), docs),
                codes, queries, first_phase="hamming")
+
+
+@pytest.mark.parametrize("dim", [20, 64, 384])
+def test_hamming_distances_match_bitwise_count(dim: int) -> None:
+    from vespa_quant.quantize.bits import hamming_distances, pack_bits, unpack_bits
+
+    rng = np.random.default_rng(dim)
+    a, b = rng.standard_normal((5, dim)) > 0, rng.standard_normal((70, dim)) > 0
+    expected = (a[:, None, :] != b[None, :, :]).sum(axis=2)
+    np.testing.assert_array_equal(hamming_distances(pack_bits(a), pack_bits(b), chunk=16), expected)
+    np.testing.assert_array_equal(unpack_bits(pack_bits(a), dim), a.astype(np.float32))
