@@ -401,6 +401,6 @@ def test_scorer_and_schema_errors(schema):
         rank_profile_scorer(schema, "missing")
     with pytest.raises(SchemaError, match=r"has no second-phase \(it has: first\)"):
         rank_profile_scorer(schema, "float_dot", "second")
-    with pytest.raises(SchemaError, match="hand.sd line 3: missing '}'"):
+    with pytest.raises(SchemaError, match="hand.sd line 3: block is never closed"):
         parse_schema("schema s {\n  rank-profile p {\n    first-phase {\n", source="hand.sd")
     assert issubclass(ExpressionError, VespaQuantError) and issubclass(SchemaError, VespaQuantError)

@@ -567,7 +567,7 @@ def _check_stored(cells: np.ndarray, cell_type: str) -> str | None:
     if not np.any(bad):
         return None
     where = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    return f"{reason}, e.g. {as64[where]!r} at index {tuple(int(i) for i in where)}"
+    return f"{reason}, e.g. {float(as64[where])!r} at index {tuple(int(i) for i in where)}"
 
 
 def _to_cell_type(cells: np.ndarray, cell_type: str) -> np.ndarray:
@@ -629,6 +629,13 @@ class _Evaluator:
 
     # -- features ------------------------------------------------------------------
 
+    @staticmethod
+    def declared_type(what: str, type_text: str, text: str, pos: int) -> TensorType:
+        try:
+            return parse_tensor_type(type_text)
+        except ExpressionError as exc:
+            raise _error(f"{what}: {exc}", text, pos) from exc
+
     def attribute(self, name: str, text: str, pos: int) -> _Value:
         key = ("attribute", name)
         if key in self.ctx.feature_values:
@@ -641,7 +648,7 @@ class _Evaluator:
             )
         array = np.asarray(self.ctx.attributes[name])
         if name in self.ctx.field_types:
-            declared = parse_tensor_type(self.ctx.field_types[name])
+            declared = self.declared_type(f"attribute {name!r}", self.ctx.field_types[name], text, pos)
             expected = (self.ctx.n_docs, *declared.shape)
             if array.shape != expected:
                 raise _error(
@@ -681,7 +688,7 @@ class _Evaluator:
             raise _error(f"{source}({name}) must be numeric, got dtype {array.dtype}", text, pos)
         declared_text = self.ctx.query_types.get(name) if source == "query" else None
         if declared_text is not None:
-            declared = parse_tensor_type(declared_text)
+            declared = self.declared_type(f"query input {name!r}", declared_text, text, pos)
             if array.shape != declared.shape:
                 raise _error(
                     f"query input {name!r} is declared {declared} (shape {declared.shape}), "

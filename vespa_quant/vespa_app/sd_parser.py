@@ -233,15 +233,17 @@ class _Scanner:
     def fail(self, message: str, pos: int) -> SchemaError:
         return SchemaError(f"{self.source} line {self.line_of(pos)}: {message}")
 
-    def items(self, pos: int, closing: bool) -> tuple[tuple, int]:
+    def items(self, pos: int, open_brace: int | None) -> tuple[tuple, int]:
+        """Items up to the '}' matching ``open_brace`` (or to end of text when it is None)."""
         text = self.text
+        closing = open_brace is not None
         items: list = []
         while True:
             while pos < len(text) and text[pos].isspace():
                 pos += 1
             if pos >= len(text):
                 if closing:
-                    raise self.fail("missing '}' at end of text", pos)
+                    raise self.fail("block is never closed: missing '}'", open_brace)
                 return tuple(items), pos
             if text[pos] == "}":
                 if not closing:
@@ -270,7 +272,7 @@ class _Scanner:
                 if head.split()[0] in _RAW_BLOCK_KEYWORDS:
                     end = self.matching_brace(pos)
                     return _RawBlock(head, text[pos + 1 : end], self.line_of(start)), end + 1
-                body, after = self.items(pos + 1, closing=True)
+                body, after = self.items(pos + 1, open_brace=start)
                 return _Block(head, body, self.line_of(start)), after
             elif depth == 0 and ch in "}\n":
                 break
@@ -529,7 +531,7 @@ def _rank_profile(block: _Block, source: str) -> RankProfileSpec:
 def parse_schema(text: str, source: str = "<schema>") -> ParsedSchema:
     """Parse schema text; ``source`` names it in error messages (``source line N: ...``)."""
     scanner = _Scanner(_strip_comments(text), source)
-    items, _ = scanner.items(0, closing=False)
+    items, _ = scanner.items(0, open_brace=None)
     schemas = [i for i in items if isinstance(i, _Block) and i.head.split()[0] in ("schema", "search")]
     if len(schemas) != 1:
         raise SchemaError(f"{source}: expected one 'schema NAME {{ ... }}' block, found {len(schemas)}")
