@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from pathlib import Path
 
@@ -39,3 +41,43 @@ def scifact_dir() -> Path:
     if not (folder / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found at {folder}: put ../shared/datasets beside the repo or set VESPA_QUANT_DATA")
     return folder
+
+
+SLICE_QUERIES, SLICE_OTHER_DOCS = 30, 220
+
+
+def write_slice(scifact: Path, dest: Path) -> Path:
+    """A BEIR folder with SciFact's first test queries, their relevant docs and some other docs."""
+    qrels = list(csv.reader((scifact / "qrels" / "test.tsv").open(), delimiter="\t"))[1:]
+    queries = {json.loads(line)["_id"]: line for line in (scifact / "queries.jsonl").open()}
+    kept = list(dict.fromkeys(row[0] for row in qrels))[:SLICE_QUERIES]
+    relevant = {row[1] for row in qrels if row[0] in kept}
+    docs = []
+    for line in (scifact / "corpus.jsonl").open():
+        if json.loads(line)["_id"] in relevant or len(docs) < len(relevant) + SLICE_OTHER_DOCS:
+            docs.append(line)
+    (dest / "qrels").mkdir(parents=True)
+    (dest / "corpus.jsonl").write_text("".join(docs))
+    (dest / "queries.jsonl").write_text("".join(queries[q] for q in kept))
+    with (dest / "qrels" / "test.tsv").open("w") as handle:
+        handle.write("query-id\tcorpus-id\tscore\n")
+        handle.writelines("\t".join(row) + "\n" for row in qrels if row[0] in kept)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def scifact_slice(scifact_dir: Path, tmp_path_factory) -> Path:
+    return write_slice(scifact_dir, tmp_path_factory.mktemp("data") / "scifact-slice")
+
+
+@pytest.fixture(scope="session")
+def slice_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the whole session: the slice is embedded once, by the first user."""
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def scifact_slice_embedded(scifact_slice: Path, slice_cache: Path):
+    from vespa_quant.evaluate.runner import load_embedded
+
+    return load_embedded(scifact_slice, "all-MiniLM-L6-v2", cache_dir=slice_cache, show_progress=False)

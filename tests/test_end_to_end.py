@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -14,34 +13,12 @@ from vespa_quant.cli import app
 from vespa_quant.evaluate.report import RESULT_FIELDS
 from vespa_quant.quantize.registry import METHODS
 
-N_QUERIES, N_OTHER_DOCS = 30, 220
+from conftest import SLICE_QUERIES as N_QUERIES
 
-
-def write_slice(scifact: Path, dest: Path) -> Path:
-    """A BEIR folder with the first queries, their relevant docs and some other docs."""
-    qrels = list(csv.reader((scifact / "qrels" / "test.tsv").open(), delimiter="\t"))[1:]
-    queries = {json.loads(line)["_id"]: line for line in (scifact / "queries.jsonl").open()}
-    kept = [qid for qid in dict.fromkeys(row[0] for row in qrels)][:N_QUERIES]
-    relevant = {row[1] for row in qrels if row[0] in kept}
-    docs = []
-    for line in (scifact / "corpus.jsonl").open():
-        doc_id = json.loads(line)["_id"]
-        if doc_id in relevant or len(docs) < len(relevant) + N_OTHER_DOCS:
-            docs.append(line)
-    (dest / "qrels").mkdir(parents=True)
-    (dest / "corpus.jsonl").write_text("".join(docs))
-    (dest / "queries.jsonl").write_text("".join(queries[q] for q in kept))
-    with (dest / "qrels" / "test.tsv").open("w") as handle:
-        handle.write("query-id\tcorpus-id\tscore\n")
-        handle.writelines("\t".join(row) + "\n" for row in qrels if row[0] in kept)
-    return dest
-
-
-def test_evaluate_cli_on_a_scifact_slice(scifact_dir: Path, tmp_path: Path) -> None:
-    dataset = write_slice(scifact_dir, tmp_path / "scifact-slice")
+def test_evaluate_cli_on_a_scifact_slice(scifact_slice: Path, slice_cache: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["evaluate", "--dataset", str(dataset), "--model", "all-MiniLM-L6-v2", "--dims", "384,128",
-            "--cache-dir", str(tmp_path / "cache"), "--resamples", "200"]
+    args = ["evaluate", "--dataset", str(scifact_slice), "--model", "all-MiniLM-L6-v2", "--dims", "384,128",
+            "--cache-dir", str(slice_cache), "--resamples", "200"]
     first = runner.invoke(app, [*args, "--output", str(tmp_path / "out")])
     assert first.exit_code == 0, first.output
     rows = json.loads((tmp_path / "out" / "results.json").read_text())

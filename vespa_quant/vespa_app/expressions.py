@@ -142,7 +142,8 @@ def parse_tensor_type(text: str) -> TensorType:
     cell_type = match.group("cell") or "double"
     if cell_type not in CELL_TYPES:
         raise ExpressionError(
-            f"type {text!r}: unknown cell type {cell_type!r}, expected one of {', '.join(CELL_TYPES)}"
+            f"type {text!r}: unknown cell type {cell_type!r}, "
+            f"expected one of {', '.join(CELL_TYPES)}"
         )
     dims: list[tuple[str, int]] = []
     body = match.group("dims").strip()
@@ -538,7 +539,7 @@ _POPCOUNT8 = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(
 
 
 def _as_int8_bytes(cells: np.ndarray) -> np.ndarray | None:
-    """``uint8(int8(x))`` as the C++ cast does it (truncate toward zero), or None if out of range."""
+    """``uint8(int8(x))`` as the C++ cast does it (truncating), or None if out of range."""
     truncated = np.trunc(cells)
     if cells.size and (truncated.min() < -128 or truncated.max() > 127):
         return None
@@ -648,7 +649,8 @@ class _Evaluator:
             )
         array = np.asarray(self.ctx.attributes[name])
         if name in self.ctx.field_types:
-            declared = self.declared_type(f"attribute {name!r}", self.ctx.field_types[name], text, pos)
+            type_text = self.ctx.field_types[name]
+            declared = self.declared_type(f"attribute {name!r}", type_text, text, pos)
             expected = (self.ctx.n_docs, *declared.shape)
             if array.shape != expected:
                 raise _error(
@@ -716,9 +718,8 @@ class _Evaluator:
             return _Value(TensorType("double", ()), np.float64(node.value), per_doc=False)
         if isinstance(node, Negate):
             inner = self.eval(node.operand, text)
-            return _Value(
-                TensorType(_decay(inner.type.cell_type), inner.type.dims), -inner.cells, inner.per_doc
-            )
+            negated_type = TensorType(_decay(inner.type.cell_type), inner.type.dims)
+            return _Value(negated_type, -inner.cells, inner.per_doc)
         if isinstance(node, BinaryOp):
             left = self.eval(node.left, text)
             right = self.eval(node.right, text)

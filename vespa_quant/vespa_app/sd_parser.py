@@ -337,13 +337,14 @@ _FUNCTION_HEAD_RE = re.compile(
     r"^(?:function|macro)\s+(?:inline\s+)?([A-Za-z_][\w]*)\s*\((.*)\)$", re.S
 )
 _DECLARATION_RE = re.compile(
-    r"^(?:(?P<wrapper>query|constant)\((?P<wrapped>[^)]+)\)|(?P<bare>[A-Za-z_][\w.]*))\s*(?P<rest>.*)$",
+    r"^(?:(?P<wrapper>query|constant)\((?P<wrapped>[^)]+)\)|(?P<bare>[A-Za-z_][\w.]*))"
+    r"\s*(?P<rest>.*)$",
     re.S,
 )
 
 
 def _split_declaration(line: str) -> tuple[str, str, str | None] | None:
-    """``query(q) TYPE[: DEFAULT]`` / ``name TYPE: VALUE`` / ``name: VALUE`` -> (name, type, value)."""
+    """Split ``query(q) TYPE[: DEFAULT]``, ``name TYPE: VALUE`` or ``name: VALUE``."""
     match = _DECLARATION_RE.match(line)
     if match is None:
         return None
@@ -390,6 +391,9 @@ def _declarations(block: _RawBlock, source: str, what: str) -> list[tuple[str, s
             )
         declarations.append(parsed)
     return declarations
+
+
+_PHASE_BLOCKS = ("first-phase", "second-phase", "global-phase")
 
 
 def _phase(block: _Block, source: str) -> Phase:
@@ -511,7 +515,7 @@ def _rank_profile(block: _Block, source: str) -> RankProfileSpec:
                 raise SchemaError(f"{source} line {item.line}: function {name!r} defined twice")
             functions[name] = expression
             function_args[name] = args
-        elif isinstance(item, _Block) and item.head in ("first-phase", "second-phase", "global-phase"):
+        elif isinstance(item, _Block) and item.head in _PHASE_BLOCKS:
             phases[item.head] = _phase(item, source)
     return RankProfileSpec(
         name=match.group(1),
@@ -532,9 +536,15 @@ def parse_schema(text: str, source: str = "<schema>") -> ParsedSchema:
     """Parse schema text; ``source`` names it in error messages (``source line N: ...``)."""
     scanner = _Scanner(_strip_comments(text), source)
     items, _ = scanner.items(0, open_brace=None)
-    schemas = [i for i in items if isinstance(i, _Block) and i.head.split()[0] in ("schema", "search")]
+    schemas = [
+        item
+        for item in items
+        if isinstance(item, _Block) and item.head.split()[0] in ("schema", "search")
+    ]
     if len(schemas) != 1:
-        raise SchemaError(f"{source}: expected one 'schema NAME {{ ... }}' block, found {len(schemas)}")
+        raise SchemaError(
+            f"{source}: expected one 'schema NAME {{ ... }}' block, found {len(schemas)}"
+        )
     schema = schemas[0]
     head = schema.head.split()
     if len(head) not in (2, 4) or (len(head) == 4 and head[2] != "inherits"):
@@ -560,7 +570,9 @@ def parse_schema(text: str, source: str = "<schema>") -> ParsedSchema:
         elif keyword == "rank-profile":
             profile = _rank_profile(item, source)
             if profile.name in profiles:
-                raise SchemaError(f"{source} line {item.line}: rank-profile {profile.name!r} defined twice")
+                raise SchemaError(
+                    f"{source} line {item.line}: rank-profile {profile.name!r} defined twice"
+                )
             profiles[profile.name] = profile
     return ParsedSchema(
         name=head[1],
@@ -614,7 +626,9 @@ def rank_profile_scorer(schema: ParsedSchema, profile: str, phase: str = "final"
     phases = {"first": spec.first_phase, "second": spec.second_phase, "global": spec.global_phase}
     present = [name for name in _PHASES if phases[name] is not None]
     if not present:
-        raise SchemaError(f"rank-profile {profile!r} has no first-, second- or global-phase expression")
+        raise SchemaError(
+            f"rank-profile {profile!r} has no first-, second- or global-phase expression"
+        )
     if phase == "final":
         phase = present[-1]
     if phase not in phases:
