@@ -12,7 +12,9 @@ Translation rules (vespa-notes, "Storage" and "Ranking"; Vespa schema reference)
   with ``indexing: attribute`` only: codes are read by ranking, never returned in summaries;
 * ``hamming`` adds ``attribute { distance-metric: hamming }`` so ``nearestNeighbor`` and
   ``closeness(field, ...)`` work on the packed bits; ``hnsw`` adds ``index`` to the indexing
-  statement and an ``index { hnsw { ... } }`` block; ``paged`` adds ``attribute: paged``;
+  statement and an ``index { hnsw { ... } }`` block; ``paged`` adds ``paged`` to the attribute
+  block (pyvespa renders every attribute setting as ``attribute { ... }``, the block form of
+  ``attribute: paged``);
 * each (method, dim) gets ``rank-profile <method>_<dim>`` with its query inputs declared as
   ``query(name) <type>`` (``double`` for scalars), its functions, first phase and, when present,
   a second phase with ``rerank-count``.
