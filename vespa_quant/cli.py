@@ -135,5 +135,38 @@ def evaluate_command(
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
+@app.command("deploy")
+@cli_errors
+def deploy_command(
+    methods: str = MethodsOption,
+    dims: str = typer.Option("384,256", "--dims", help="Comma-separated dims to create fields and rank profiles for."),
+    variant: str = typer.Option("single", "--variant", help="single: one node (docker compose up -d); cluster: config + container + two content nodes (docker compose --profile cluster up -d)."),
+    out: Path = typer.Option(Path("."), "--out", help="Where schemas/ and vespa_app/ are written (the repository root by default)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only write the generated package (and the deployable folder out/application-VARIANT); contact no server."),
+    config_url: Optional[str] = typer.Option(None, "--config-url", help="Config server (default http://localhost:19071, cluster: http://localhost:19072)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Query container to wait for (default http://localhost:8080, cluster: http://localhost:8081)."),
+    timeout: float = typer.Option(300, "--timeout", help="Seconds to wait for the config server, the deploy and the container."),
+) -> None:
+    """Generate the Vespa application package from the method registry, and deploy it."""
+    from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
+    from vespa_quant.vespa_app.package import assemble, write_package
+
+    if variant not in ("single", "cluster"):
+        raise VespaQuantError(f"--variant must be 'single' or 'cluster', got {variant!r}")
+    written = write_package(out, parse_methods(methods), parse_dims(dims, 0))
+    app_dir = assemble(out, variant, out / "out" / f"application-{variant}")
+    typer.echo("wrote " + ", ".join(str(p) for p in written) + f"; application folder {app_dir}")
+    if dry_run:
+        return
+    cluster = variant == "cluster"
+    config_url = config_url or ("http://localhost:19072" if cluster else "http://localhost:19071")
+    endpoint = endpoint or ("http://localhost:8081" if cluster else "http://localhost:8080")
+    wait_until_ready(query_url=None, config_url=config_url, timeout=timeout)
+    deploy(app_dir, config_url=config_url, timeout=timeout)
+    typer.echo(f"deployed {app_dir} to {config_url}")
+    wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])

@@ -97,7 +97,7 @@ def _print_progress(message: str) -> None:
 
 
 def wait_until_ready(
-    query_url: str = DEFAULT_QUERY_URL,
+    query_url: str | None = DEFAULT_QUERY_URL,
     config_url: str = DEFAULT_CONFIG_URL,
     timeout: float = 300,
     interval: float = 2.0,
@@ -106,18 +106,19 @@ def wait_until_ready(
     """Poll until the config server and the query container are both up.
 
     ``progress`` receives a one-line status whenever it changes and at least every 15 s
-    (``None`` for silence). Raises :class:`VespaError` with the last state seen on timeout.
+    (``None`` for silence). ``query_url=None`` waits for the config server alone, as needed
+    before the first deploy, when no container serves yet. Raises :class:`VespaError` with the last state seen on timeout.
     """
     started = time.monotonic()
     request_timeout = max(1.0, min(10.0, interval * 2))
     last_reported: tuple[str, float] | None = None
     while True:
         config_state = _config_server_state(config_url, request_timeout)
-        container_state = _container_state(query_url, request_timeout)
+        container_state = "up" if query_url is None else _container_state(query_url, request_timeout)
         elapsed = time.monotonic() - started
-        status = (
-            f"config server {config_url}: {config_state}; query container {query_url}: {container_state}"
-        )
+        status = f"config server {config_url}: {config_state}"
+        if query_url is not None:
+            status += f"; query container {query_url}: {container_state}"
         if config_state == "up" and container_state == "up":
             if progress is not None:
                 progress(f"Vespa is ready after {elapsed:.0f} s ({status})")
