@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from vespa_quant.errors import VespaError, VespaQuantError
-from vespa_quant.quantize.base import RankExpressions, TensorField, field_name
+from vespa_quant.quantize.base import nn_input_declarations, RankExpressions, TensorField, field_name
 from vespa_quant.quantize.binary import BinaryAsym
 from vespa_quant.quantize.registry import METHODS
 from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
@@ -239,7 +239,8 @@ def test_rank_profiles_declare_inputs_and_expressions_from_the_methods(profiles)
             _, body = profiles[rank_profile_name(method.name, dim)]
             inputs = re.search(r"inputs \{(.*?)\}", body, re.DOTALL).group(1)
             declared = [line.strip() for line in inputs.strip().splitlines()]
-            assert declared == [f"query({n}) {t}" for n, t in expressions.inputs.items()]
+            wanted = {**expressions.inputs, **nn_input_declarations(method, dim)}
+            assert declared == [f"query({n}) {t}" for n, t in wanted.items()]
             assert expressions.first_phase in body
             for function_name, function_body in expressions.functions.items():
                 assert f"function {function_name}()" in body and function_body in body

@@ -192,6 +192,27 @@ def field_name(method: str, dim: int, role: str) -> str:
     return f"{method}_{dim}_{role}"
 
 
+NN_INPUT = "q_nn"
+"""Query tensor of nearestNeighbor for methods whose own inputs lack packed query bits."""
+BITS_INPUT = "q_bits"
+"""Packed query bits that ``binary_hamming``/``binary_rescore`` already declare and reuse."""
+
+
+def nn_input_name(method: Method, dim: int) -> str:
+    """Query tensor the ``nearestNeighbor`` reads: ``q_bits`` where the method declares it."""
+    inputs = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role)).inputs
+    return BITS_INPUT if BITS_INPUT in inputs else NN_INPUT
+
+
+def nn_input_declarations(method: Method, dim: int) -> dict[str, str]:
+    """Inputs a rank profile needs beyond :meth:`Method.rank_expressions` for an optional Hamming
+    first phase (``--first-phase hamming``); empty when impossible or already declared."""
+    if method.hamming_role is None or nn_input_name(method, dim) == BITS_INPUT:
+        return {}
+    cells = {spec.role: spec.cells for spec in method.fields(dim)}[method.hamming_role]
+    return {NN_INPUT: f"tensor<int8>(x[{cells}])"}
+
+
 def _check_dim(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != dim:

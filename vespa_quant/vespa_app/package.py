@@ -64,7 +64,7 @@ from vespa.package import (
 )
 
 from vespa_quant.errors import VespaQuantError
-from vespa_quant.quantize.base import Method, TensorField, field_name
+from vespa_quant.quantize.base import Method, TensorField, field_name, nn_input_declarations
 from vespa_quant.quantize.registry import METHODS
 
 DOCUMENT_TYPE = "doc"
@@ -203,7 +203,10 @@ def rank_profile(method: Method, dim: int, second_phase_rerank_count: int = DEFA
         second_phase = SecondPhaseRanking(expressions.second_phase, rerank_count=second_phase_rerank_count)
     return RankProfile(
         name=profile,
-        inputs=[(f"query({name})", input_type) for name, input_type in expressions.inputs.items()],
+        inputs=[
+            (f"query({name})", input_type)
+            for name, input_type in {**expressions.inputs, **nn_input_declarations(method, dim)}.items()
+        ],
         functions=[Function(name=name, expression=body) for name, body in expressions.functions.items()] or None,
         first_phase=FirstPhaseRanking(expressions.first_phase),
         second_phase=second_phase,

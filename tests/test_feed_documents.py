@@ -1,0 +1,202 @@
+"""Document JSON, document ids and query bodies: exact encodings, checked without any server."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+
+from vespa_quant.engine.local import uses_first_phase
+from vespa_quant.errors import VespaError
+from vespa_quant.feed.documents import (
+    MAX_HITS,
+    calibration_set_id,
+    dataset_document_id,
+    decode_tensor_hex,
+    feed_documents,
+    query_body,
+    tensor_json,
+    vespa_document_id,
+)
+from vespa_quant.quantize.base import (
+    calibrate, encode, field_name, hamming_query, nn_input_declarations, nn_input_name, query_inputs,
+)
+from vespa_quant.quantize.float_methods import round_to_bfloat16
+from vespa_quant.quantize.registry import METHODS
+from vespa_quant.vespa_app import package
+
+DIMS = (384, 256)
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)) * np.linspace(1.5, 0.5, dim) + 0.1
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def encoded() -> dict:
+    """Calibrations and codes of every method at 384 and 256 for 40 small random vectors."""
+    rng = np.random.default_rng(3)
+    docs384, queries384 = unit_rows(rng, 40, 384), unit_rows(rng, 5, 384)
+    out = {}
+    for dim in DIMS:
+        docs = docs384[:, :dim] / np.linalg.norm(docs384[:, :dim], axis=1, keepdims=True)
+        queries = queries384[:, :dim] / np.linalg.norm(queries384[:, :dim], axis=1, keepdims=True)
+        for method in METHODS.values():
+            calibration = calibrate(method, docs)
+            out[(method.name, dim)] = (calibration, encode(method, docs, calibration), queries)
+    return out
+
+
+def test_hex_matches_the_document_json_reference_examples() -> None:
+    # Document JSON format reference, "Cell values as binary data": tensor<int8>(x[6]) and the
+    # float cells of its mixed-tensor example.
+    assert tensor_json(np.array([-1, 0, 17, -128, 34, -2], dtype=np.int8), "int8") == {"values": "FF00118022FE"}
+    floats = np.array([0.1111111119389534, 0.2222222238779068, 0.3333333432674408], dtype=np.float32)
+    assert tensor_json(floats, "float") == {"values": "3DE38E393E638E393EAAAAAB"}
+    assert tensor_json(np.array([1.0, -2.0]), "bfloat16") == {"values": "3F80C000"}
+
+
+def test_hex_round_trips_every_cell_type() -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-128, 128, size=97).astype(np.int8)
+    assert np.array_equal(decode_tensor_hex(tensor_json(codes, "int8")["values"], "int8"), codes)
+    values = rng.standard_normal(33).astype(np.float32)
+    assert np.array_equal(decode_tensor_hex(tensor_json(values, "float")["values"], "float"), values)
+    assert np.array_equal(decode_tensor_hex(tensor_json(values, "bfloat16")["values"], "bfloat16"),
+                          round_to_bfloat16(values))
+    doubles = rng.standard_normal(5)
+    assert np.array_equal(decode_tensor_hex(tensor_json(doubles, "double")["values"], "double"), doubles)
+    with pytest.raises(VespaError, match="int8 cells"):
+        tensor_json(np.array([300]), "int8")
+    with pytest.raises(VespaError, match="no hex form"):
+        tensor_json(values, "int4")
+
+
+def test_feed_documents_round_trip_every_method_and_dim(encoded: dict) -> None:
+    doc_ids = [f"doc-{i}" for i in range(40)]
+    codes_by_key = {key: codes for key, (_, codes, _) in encoded.items()}
+    operations = list(feed_documents(doc_ids, codes_by_key, METHODS, "set123"))
+    assert [op["id"] for op in operations] == doc_ids
+    for row, op in enumerate(operations):
+        fields = op["fields"]
+        assert fields["doc_id"] == doc_ids[row] and fields["calibration_set"] == "set123"
+        for (name, dim), codes in codes_by_key.items():
+            for spec in METHODS[name].fields(dim):
+                text = fields[field_name(name, dim, spec.role)]["values"]
+                assert len(text) == spec.cells * {"int8": 2, "bfloat16": 4, "float": 8}[spec.cell_type]
+                decoded = decode_tensor_hex(text, spec.cell_type)
+                assert decoded.shape == (spec.cells,)
+                assert np.array_equal(decoded, codes[spec.role][row]), (name, dim, spec.role)
+    expected_fields = 2 + sum(len(METHODS[n].fields(d)) for n, d in codes_by_key)
+    assert len(operations[0]["fields"]) == expected_fields
+
+
+def test_feed_documents_rejects_codes_that_do_not_fit(encoded: dict) -> None:
+    _, codes, _ = encoded[("int8_asym", 384)]
+    with pytest.raises(VespaError, match=r"int8_asym@384 codes: codes have shape \(40, 384\), expected \(39, 384\)"):
+        list(feed_documents([str(i) for i in range(39)], {("int8_asym", 384): codes}, METHODS, "s"))
+    with pytest.raises(VespaError, match="roles"):
+        list(feed_documents([str(i) for i in range(40)], {("int8_asym", 384): {"bits": codes["codes"]}}, METHODS, "s"))
+
+
+@pytest.mark.parametrize("doc_id", ["4983", "MED-10", "a/b", "../x", "..", "q?#&=", "α β", "~odd", "x%2Fy", ""])
+def test_document_ids_are_url_safe_and_reversible(doc_id: str) -> None:
+    vespa_id = vespa_document_id(doc_id)
+    assert dataset_document_id(vespa_id) == doc_id
+    path = quote(vespa_id)  # what pyvespa's get_document_v1_path does to the id
+    assert "/" not in path and path.strip(".") and "%" not in path
+    if re.fullmatch(r"[A-Za-z0-9._:-]+", doc_id) and doc_id.strip("."):
+        assert vespa_id == doc_id
+
+
+def test_document_ids_are_injective() -> None:
+    ids = ["a/b", "a_b", "~YS9i", "YS9i", "..", ".", "...", "a b", "a+b"]
+    assert len({vespa_document_id(i) for i in ids}) == len(ids)
+
+
+def test_calibration_set_id_is_stable_and_matches_the_package(encoded: dict) -> None:
+    calibrations = {key: cal for key, (cal, _, _) in encoded.items()}
+    first = calibration_set_id(calibrations)
+    assert first == calibration_set_id(dict(reversed(list(calibrations.items()))))
+    assert first == package.calibration_set_id(c.id for c in calibrations.values())
+    assert re.fullmatch(r"[0-9a-f]{16}", first)
+    fewer = {k: v for k, v in calibrations.items() if k != ("int8_asym", 256)}
+    assert calibration_set_id(fewer) != first
+    with pytest.raises(VespaError, match="filed under"):
+        calibration_set_id({("float32", 256): calibrations[("float32", 384)]})
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_query_body_carries_every_declared_input(encoded: dict, name: str, dim: int) -> None:
+    method = METHODS[name]
+    calibration, _, queries = encoded[(name, dim)]
+    inputs = query_inputs(method, queries, calibration)
+    first_phase = uses_first_phase(method, "auto")
+    nn = hamming_query(method, queries, calibration) if first_phase else None
+    row = {key: value[0] for key, value in inputs.items()}
+    body = query_body(method, dim, row, hits=100, first_phase=first_phase, k1=77,
+                      nn_query=None if nn is None else nn[0])
+    declared = method.rank_expressions(dim, field=lambda role: field_name(name, dim, role)).inputs
+    assert body["ranking.profile"] == package.rank_profile_name(name, dim) == f"{name}_{dim}"
+    assert body["ranking.softtimeout.enable"] is False and body["hits"] == 100
+    for key, type_ in declared.items():
+        value = body[f"input.query({key})"]
+        if type_ == "double":
+            assert isinstance(value, float)
+        else:
+            cells = int(re.search(r"x\[(\d+)\]", type_).group(1))
+            assert isinstance(value, list) and len(value) == cells
+            if "int8" in type_:
+                assert all(isinstance(v, int) and -128 <= v <= 127 for v in value)
+            np.testing.assert_array_equal(np.asarray(value, dtype=np.float32), inputs[key][0])
+    assert body["yql"].startswith("select doc_id, calibration_set from doc where ")
+    if first_phase:
+        nn_name = nn_input_name(method, dim)
+        bits = field_name(name, dim, method.hamming_role)
+        assert f"{{targetHits:77, approximate:false}}nearestNeighbor({bits}, {nn_name})" in body["yql"]
+        assert body[f"input.query({nn_name})"] == nn[0].astype(int).tolist()
+        assert nn_name in declared  # binary_hamming/rescore: the NN tensor is an existing input
+        assert ("ranking.rerankCount" in body) == (name == "binary_rescore")
+    else:
+        assert "targetHits" not in body["yql"] and body["yql"].endswith("where true")
+        assert "ranking.rerankCount" not in body
+    extra = {f"input.query({k})" for k in declared} | {"yql", "ranking.profile", "hits", "timeout",
+                                                       "ranking.softtimeout.enable", "ranking.rerankCount"}
+    if first_phase:
+        extra.add(f"input.query({nn_input_name(method, dim)})")
+    assert set(body) <= extra
+
+
+@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.hamming_role and not m.always_first_phase])
+def test_optional_hamming_first_phase_uses_q_nn(encoded: dict, name: str) -> None:
+    method = METHODS[name]
+    calibration, _, queries = encoded[(name, 256)]
+    row = {key: value[0] for key, value in query_inputs(method, queries, calibration).items()}
+    nn = hamming_query(method, queries, calibration)[0]
+    body = query_body(method, 256, row, hits=10, first_phase=True, k1=50, nn_query=nn)
+    assert "{targetHits:50, approximate:false}nearestNeighbor(" in body["yql"]
+    assert f"nearestNeighbor({field_name(name, 256, method.hamming_role)}, q_nn)" in body["yql"]
+    assert len(body["input.query(q_nn)"]) == 32
+    assert nn_input_declarations(method, 256) == {"q_nn": "tensor<int8>(x[32])"}
+
+
+def test_query_body_errors_name_the_profile(encoded: dict) -> None:
+    method = METHODS["binary_asym"]
+    calibration, _, queries = encoded[("binary_asym", 384)]
+    row = {key: value[0] for key, value in query_inputs(method, queries, calibration).items()}
+    with pytest.raises(VespaError, match=rf"hits=401 must be in \[1, {MAX_HITS}\]"):
+        query_body(method, 384, row, hits=401, first_phase=False, k1=100, nn_query=None)
+    with pytest.raises(VespaError, match=r"binary_asym_384: query inputs \['w'\] .*missing \['offset'\]"):
+        query_body(method, 384, {"w": row["w"]}, hits=10, first_phase=False, k1=100, nn_query=None)
+    with pytest.raises(VespaError, match=r"query\(w\) has shape \(256,\), declared tensor<float>\(x\[384\]\)"):
+        query_body(method, 384, {**row, "w": row["w"][:256]}, hits=10, first_phase=False, k1=100, nn_query=None)
+    with pytest.raises(VespaError, match="needs the packed query bits"):
+        query_body(method, 384, row, hits=10, first_phase=True, k1=100, nn_query=None)
+    with pytest.raises(VespaError, match="no sign bits"):
+        float32 = METHODS["float32"]
+        cal, _, q = encoded[("float32", 384)]
+        query_body(float32, 384, {"q": q[0]}, hits=10, first_phase=True, k1=100, nn_query=np.zeros(48))

@@ -1,0 +1,191 @@
+"""The Vespa search backend: the same queries as the local engine, answered by a live Vespa.
+
+Documents are fed beforehand (:mod:`vespa_quant.feed.feeder`); here each query becomes one
+``POST /search/`` body (:func:`vespa_quant.feed.documents.query_body`) on the method's rank
+profile, sent concurrently from a thread pool with one ``requests`` session per thread. 429, 502,
+503 and 504 (soft timeout is off, so an overloaded query fails with 504 rather than returning a
+truncated ranking) and dropped connections are retried with exponential backoff. Each hit's
+``doc_id`` field maps back to a corpus row, and its ``calibration_set`` must be the one the
+documents were fed with, so scores from codes of another calibration can never be reported.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from vespa_quant.engine.local import FirstPhase, Hits, uses_first_phase
+from vespa_quant.errors import VespaError
+from vespa_quant.evaluate.runner import BackendHits
+from vespa_quant.feed.documents import iter_rows, query_body
+from vespa_quant.feed.feeder import read_manifest
+from vespa_quant.quantize.base import Arrays, Calibration, Method, hamming_query, query_inputs
+from vespa_quant.vespa_app.package import CALIBRATION_SET_FIELD, DOC_ID_FIELD, calibration_set_id
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        errors = response.json()["root"]["errors"]
+        return "; ".join(f"{e.get('summary', '')}: {e.get('message', '')}".strip(": ") for e in errors)
+    except (ValueError, KeyError, TypeError):
+        return response.text.strip()[:500] or response.reason or "no message"
+
+
+@dataclass
+class VespaBackend:
+    """:class:`~vespa_quant.evaluate.runner.SearchBackend` answered by Vespa at ``endpoint``.
+
+    ``doc_ids`` are the corpus ids in row order (``EmbeddedDataset.dataset.doc_ids``). With
+    ``calibration_dir`` (the feeder's output) every hit must carry the manifest's calibration set
+    and the query's calibration must be the one fed; without it, hits must at least agree with
+    each other.
+    """
+
+    endpoint: str
+    doc_ids: list[str]
+    first_phase: FirstPhase = "auto"
+    k1: int = 100
+    concurrency: int = 8
+    calibration_dir: Path | None = None
+    timeout: float = 10.0
+    max_retries: int = 3
+    retry_wait: float = 0.2
+    name: str = "vespa"
+    _rows: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.endpoint = self.endpoint.rstrip("/")
+        self._rows = {str(doc_id): row for row, doc_id in enumerate(self.doc_ids)}
+        if len(self._rows) != len(self.doc_ids):
+            raise VespaError("doc_ids contain repeats: hits could not be mapped back to rows")
+
+    def expected_calibration_set(self, method: Method, calibration: Calibration) -> str | None:
+        """The manifest's calibration set, after checking it holds exactly this calibration."""
+        if self.calibration_dir is None:
+            return None
+        manifest = read_manifest(self.calibration_dir)
+        fed = {(entry["method"], int(entry["dim"])): entry["id"] for entry in manifest["calibrations"]}
+        key = (method.name, calibration.dim)
+        if key not in fed:
+            raise VespaError(
+                f"{Path(self.calibration_dir) / 'manifest.json'} has no calibration for "
+                f"{method.name}@{calibration.dim}: re-run vespa-quant feed with this method and dim"
+            )
+        if fed[key] != calibration.id:
+            ours = calibration_set_id([*(cid for k, cid in fed.items() if k != key), calibration.id])
+            raise VespaError(
+                f"documents were encoded with calibration set {manifest['calibration_set']}, "
+                f"this query uses {ours}: re-run vespa-quant feed"
+            )
+        return manifest["calibration_set"]
+
+    def search(self, method: Method, calibration: Calibration, codes: Arrays,
+               queries: np.ndarray, k: int) -> BackendHits:
+        n_docs = len(next(iter(codes.values())))
+        if n_docs != len(self.doc_ids):
+            raise VespaError(f"codes hold {n_docs} documents but the backend knows {len(self.doc_ids)} doc ids")
+        expected = self.expected_calibration_set(method, calibration)
+        first_phase = uses_first_phase(method, self.first_phase)
+        hits = min(k, self.k1) if first_phase else k
+        nn = hamming_query(method, queries, calibration) if first_phase else None
+        bodies = [
+            query_body(method, calibration.dim, row, hits=hits, first_phase=first_phase, k1=self.k1,
+                       nn_query=None if nn is None else nn[i], timeout=self.timeout)
+            for i, row in enumerate(iter_rows(query_inputs(method, queries, calibration)))
+        ]
+        sessions: list[requests.Session] = []
+        local = threading.local()
+        lock = threading.Lock()
+
+        def session() -> requests.Session:
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+                with lock:
+                    sessions.append(local.session)
+            return local.session
+
+        def run(i: int) -> tuple[dict, float]:
+            return self._post(session(), bodies[i], f"query {i} ({bodies[i]['ranking.profile']})")
+
+        try:
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                answers = list(pool.map(run, range(len(bodies))))
+        finally:
+            for s in sessions:
+                s.close()
+
+        indices = np.full((len(bodies), k), -1, dtype=np.int64)
+        scores = np.full((len(bodies), k), -np.inf)
+        latencies = np.empty(len(bodies))
+        seen_sets: set[str] = set()
+        for i, (payload, latency_ms) in enumerate(answers):
+            latencies[i] = latency_ms
+            for j, hit in enumerate(payload.get("root", {}).get("children", [])[:k]):
+                fields = hit.get("fields", {})
+                doc_id = fields.get(DOC_ID_FIELD)
+                if doc_id not in self._rows:
+                    raise VespaError(
+                        f"query {i}: Vespa returned document {doc_id!r}, which is not one of the "
+                        f"{len(self.doc_ids)} corpus ids: the index holds other documents; feed this "
+                        f"dataset into an empty Vespa"
+                    )
+                stored = fields.get(CALIBRATION_SET_FIELD)
+                if expected is not None and stored != expected:
+                    raise VespaError(
+                        f"documents were encoded with calibration set {stored}, "
+                        f"this query uses {expected}: re-run vespa-quant feed"
+                    )
+                seen_sets.add(stored)
+                indices[i, j] = self._rows[doc_id]
+                scores[i, j] = float(hit["relevance"])
+        if len(seen_sets) > 1:
+            raise VespaError(
+                f"documents carry different calibration sets ({', '.join(sorted(map(str, seen_sets)))}): "
+                f"re-run vespa-quant feed"
+            )
+        return BackendHits(Hits(indices, scores), latencies)
+
+    def _post(self, session: requests.Session, body: dict, what: str) -> tuple[dict, float]:
+        """One query with retries; returns the JSON answer and the last attempt's latency in ms."""
+        url = self.endpoint + "/search/"
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            started = time.perf_counter()
+            try:
+                response = session.post(url, json=body, timeout=self.timeout + 5)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if last:
+                    problem = ("did not answer within " f"{self.timeout + 5:g} s"
+                               if isinstance(exc, requests.Timeout) else "refused or dropped the connection")
+                    raise VespaError(f"{what}: {url} {problem} after {attempt + 1} attempts") from exc
+                time.sleep(self.retry_wait * 2 ** attempt)
+                continue
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            if response.status_code in RETRY_STATUS and not last:
+                time.sleep(self.retry_wait * 2 ** attempt)
+                continue
+            if response.status_code != 200:
+                raise VespaError(f"{what} to {url} failed with HTTP {response.status_code}: {_error_text(response)}")
+            try:
+                payload = response.json()
+            except ValueError as exc:
+                raise VespaError(f"{what}: {url} answered with non-JSON text") from exc
+            root = payload.get("root", {})
+            if root.get("errors"):
+                raise VespaError(f"{what} to {url} returned errors: {_error_text(response)}")
+            coverage = root.get("coverage", {})
+            if coverage.get("full") is False or coverage.get("degraded"):
+                raise VespaError(
+                    f"{what}: Vespa searched only {coverage.get('coverage')}% of the documents "
+                    f"(degraded: {coverage.get('degraded')}); results would be incomplete"
+                )
+            return payload, latency_ms
+        raise AssertionError("unreachable")

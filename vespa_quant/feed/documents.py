@@ -1,0 +1,266 @@
+"""Vespa request bodies built from codes and query inputs: pure functions, no I/O.
+
+Three translations live here, each checked against Vespa's reference documentation:
+
+* codes -> document JSON. Every dense field is sent in the "cell values as binary data" short
+  form, ``{"values": "<hex>"}`` (document JSON format reference, "Tensors"): two hex digits per
+  ``int8`` cell (the byte, two's complement, so -1 is ``FF``), and for floating cells the bits
+  of the value read as an unsigned integer, 4 / 8 / 16 hex digits for ``bfloat16`` / ``float`` /
+  ``double``. Hex is exact and about a third of the size of decimal floats.
+* BEIR document ids -> Vespa document ids. pyvespa builds ``/document/v1/<ns>/<schema>/docid/<id>``
+  with ``urllib.parse.quote(id)``, whose default keeps ``/`` unescaped (pyvespa
+  ``Vespa.get_document_v1_path``), and URL normalisation folds ``.``/``..`` segments; ids with
+  such characters are therefore sent under a reversible escaped name, while the original id is
+  always stored in the ``doc_id`` field, which is what queries read back.
+* query inputs -> the ``POST /search/`` body (query API reference): ``input.query(<name>)`` per
+  declared rank-profile input, dense tensors as JSON arrays (the indexed short form), ``double``
+  inputs as numbers, and, for a Hamming first phase,
+  ``{targetHits:K1, approximate:false}nearestNeighbor(<bits field>, <input>)`` whose query tensor
+  must itself be declared in the rank profile (nearest neighbor search guide).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from vespa_quant.errors import VespaError
+from vespa_quant.quantize.base import Calibration, Method, field_name, nn_input_declarations, nn_input_name
+from vespa_quant.quantize.float_methods import round_to_bfloat16
+from vespa_quant.vespa_app.package import (
+    CALIBRATION_SET_FIELD,
+    DOC_ID_FIELD,
+    DOCUMENT_TYPE,
+    calibration_set_id as _hash_calibration_ids,
+    rank_profile_name,
+)
+
+NAMESPACE = "vespaquant"
+"""Document id namespace: ids are ``id:vespaquant:doc::<id>``."""
+MAX_HITS = 400
+"""Vespa's default ``maxHits``: ``hits`` above it are capped silently (query API reference)."""
+
+_HEX_WIDTH = {"int8": 2, "bfloat16": 4, "float": 8, "double": 16}
+_BIG_ENDIAN = {"float": ">f4", "double": ">f8"}
+_SAFE_ID = re.compile(r"[A-Za-z0-9._:-]+")
+_TENSOR_TYPE = re.compile(r"tensor<(\w+)>\(x\[(\d+)\]\)")
+_CHUNK = 1024
+
+
+def tensor_json(values: np.ndarray, cell_type: str) -> dict:
+    """Document JSON for one dense ``tensor<cell_type>(x[n])`` value: ``{"values": "<HEX>"}``."""
+    return {"values": _hex_rows(np.asarray(values)[None, :], cell_type)[0]}
+
+
+def _hex_rows(rows: np.ndarray, cell_type: str) -> list[str]:
+    """Hex strings of every row of a 2-D array, encoded in one vectorised pass."""
+    if cell_type not in _HEX_WIDTH:
+        raise VespaError(f"cell type {cell_type!r} has no hex form; expected one of {', '.join(_HEX_WIDTH)}")
+    if rows.ndim != 2:
+        raise VespaError(f"expected a dense vector per document, got an array of shape {rows.shape}")
+    if cell_type != "int8" and rows.size and not np.all(np.isfinite(rows)):
+        raise VespaError(f"{cell_type} cells must be finite")
+    if cell_type == "int8":
+        if rows.dtype != np.int8:
+            if rows.size and (rows.min() < -128 or rows.max() > 127 or not np.all(rows == np.round(rows))):
+                raise VespaError(f"int8 cells must be integers in [-128, 127], got dtype {rows.dtype}")
+            rows = rows.astype(np.int8)
+        raw = np.ascontiguousarray(rows).view(np.uint8)
+    elif cell_type == "bfloat16":
+        # Round to nearest even first, so the stored cell is the nearest bfloat16 even for values
+        # that are not already representable; the upper 16 bits are then exact.
+        upper = (round_to_bfloat16(rows).view(np.uint32) >> 16).astype(">u2")
+        raw = np.ascontiguousarray(upper).view(np.uint8)
+    else:
+        raw = np.ascontiguousarray(rows.astype(_BIG_ENDIAN[cell_type])).view(np.uint8)
+    text = raw.tobytes().hex().upper()
+    width = raw.shape[1] * 2
+    return [text[i:i + width] for i in range(0, len(text), width)]
+
+
+def decode_tensor_hex(text: str, cell_type: str) -> np.ndarray:
+    """Inverse of :func:`tensor_json`'s hex string (used by tests and the fake Vespa)."""
+    raw = bytes.fromhex(text)
+    if cell_type == "int8":
+        return np.frombuffer(raw, dtype=np.int8).copy()
+    if cell_type == "bfloat16":
+        upper = np.frombuffer(raw, dtype=">u2").astype(np.uint32)
+        return (upper << 16).view(np.float32)
+    return np.frombuffer(raw, dtype=_BIG_ENDIAN[cell_type]).astype(np.float64 if cell_type == "double" else np.float32)
+
+
+def calibration_set_id(calibrations: Mapping[tuple[str, int], Calibration]) -> str:
+    """The value stored in every document's ``calibration_set`` field.
+
+    Each :attr:`Calibration.id` already hashes its method, dim, rotation and constants, so the set
+    is the package's hash of the sorted ids (the same function the package generator exposes);
+    the keys are checked against the calibrations so a mislabelled entry cannot slip in.
+    """
+    if not calibrations:
+        raise VespaError("no calibrations: a calibration set needs at least one (method, dim)")
+    for (method, dim), calibration in calibrations.items():
+        if (calibration.method, calibration.dim) != (method, dim):
+            raise VespaError(
+                f"calibration {calibration.id} is for {calibration.method}@{calibration.dim}, "
+                f"filed under {method}@{dim}"
+            )
+    return _hash_calibration_ids(calibration.id for calibration in calibrations.values())
+
+
+def vespa_document_id(doc_id: str) -> str:
+    """URL-safe, reversible Vespa id for a dataset document id.
+
+    Ids made only of ``[A-Za-z0-9._:-]`` (and not only dots) are used as they are; any other id
+    becomes ``~`` + unpadded URL-safe base64 of its UTF-8 bytes. ``~`` never occurs in a kept id,
+    so the mapping is injective and a re-run overwrites the very same documents.
+    """
+    doc_id = str(doc_id)
+    if _SAFE_ID.fullmatch(doc_id) and doc_id.strip("."):
+        return doc_id
+    return "~" + base64.urlsafe_b64encode(doc_id.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def dataset_document_id(vespa_id: str) -> str:
+    """Inverse of :func:`vespa_document_id`."""
+    if not vespa_id.startswith("~"):
+        return vespa_id
+    encoded = vespa_id[1:]
+    return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+
+
+def feed_documents(
+    doc_ids: Sequence[str],
+    codes_by_key: Mapping[tuple[str, int], Mapping[str, np.ndarray]],
+    methods_by_name: Mapping[str, Method],
+    calibration_set: str,
+) -> Iterator[dict]:
+    """pyvespa feed operations ``{"id": ..., "fields": {...}}``, one per document, lazily.
+
+    Every (method, dim) must supply exactly the roles of :meth:`Method.fields` with one row per
+    document and the declared number of cells; hex encoding runs a chunk of rows at a time.
+    """
+    n_docs = len(doc_ids)
+    layout: list[tuple[str, str, np.ndarray]] = []
+    for (name, dim), codes in codes_by_key.items():
+        if name not in methods_by_name:
+            raise VespaError(f"codes for unknown method {name!r}; known: {', '.join(methods_by_name)}")
+        specs = {spec.role: spec for spec in methods_by_name[name].fields(dim)}
+        if set(codes) != set(specs):
+            raise VespaError(
+                f"{name}@{dim}: codes have roles {sorted(codes)}, the method stores {sorted(specs)}"
+            )
+        for role, spec in specs.items():
+            array = np.asarray(codes[role])
+            if array.shape != (n_docs, spec.cells):
+                raise VespaError(
+                    f"{name}@{dim} {role}: codes have shape {array.shape}, "
+                    f"expected ({n_docs}, {spec.cells}) for {n_docs} documents"
+                )
+            layout.append((field_name(name, dim, role), spec.cell_type, array))
+    for start in range(0, n_docs, _CHUNK):
+        stop = min(start + _CHUNK, n_docs)
+        encoded = [(field, _hex_rows(array[start:stop], cell_type)) for field, cell_type, array in layout]
+        for offset, doc_id in enumerate(doc_ids[start:stop]):
+            fields = {DOC_ID_FIELD: str(doc_id), CALIBRATION_SET_FIELD: calibration_set}
+            for field, rows in encoded:
+                fields[field] = {"values": rows[offset]}
+            yield {"id": vespa_document_id(doc_id), "fields": fields}
+
+
+def _input_value(name: str, declared: str, value, where: str):
+    if declared == "double":
+        array = np.asarray(value, dtype=np.float64)
+        if array.size != 1 or not np.isfinite(array).all():
+            raise VespaError(f"{where}: input query({name}) is declared double, got {array.shape} {array.ravel()[:3]}")
+        return float(array.reshape(()))
+    match = _TENSOR_TYPE.fullmatch(declared.replace(" ", ""))
+    if match is None:
+        raise VespaError(f"{where}: input query({name}) has type {declared!r}; only double and dense x[N] are supported")
+    cell_type, cells = match.group(1), int(match.group(2))
+    array = np.asarray(value)
+    if array.shape != (cells,):
+        raise VespaError(f"{where}: input query({name}) has shape {array.shape}, declared {declared}")
+    if cell_type == "int8":
+        return array.astype(np.int64).tolist()
+    if not np.isfinite(array.astype(np.float64)).all():
+        raise VespaError(f"{where}: input query({name}) has non-finite values")
+    return array.astype(np.float32).astype(np.float64).tolist()
+
+
+def query_body(
+    method: Method,
+    dim: int,
+    query_inputs_row: Mapping[str, np.ndarray | float],
+    *,
+    hits: int,
+    first_phase: bool,
+    k1: int,
+    nn_query: np.ndarray | None,
+    approximate: bool = False,
+    timeout: float = 10.0,
+) -> dict:
+    """The JSON body of ``POST /search/`` for one query of ``method`` at ``dim``.
+
+    With ``first_phase``, matching is the exact Hamming ``nearestNeighbor`` with ``targetHits=k1``
+    on the method's sign bits; when the profile has a second phase, ``ranking.rerankCount=k1``
+    makes it rescore exactly the ``k1`` best by first phase, as the local engine
+    does (exact search may expose more than ``targetHits`` hits; targetHits and rerankCount are
+    per content node). Soft timeout is off, so a slow query fails with 504 instead of returning a
+    silently truncated ranking.
+    """
+    profile = rank_profile_name(method.name, dim)
+    expressions = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role))
+    if not 0 < hits <= MAX_HITS:
+        raise VespaError(f"{profile}: hits={hits} must be in [1, {MAX_HITS}] (Vespa's default maxHits)")
+    declared = dict(expressions.inputs)
+    missing = sorted(set(declared) - set(query_inputs_row))
+    unexpected = sorted(set(query_inputs_row) - set(declared))
+    if missing or unexpected:
+        raise VespaError(
+            f"{profile}: query inputs {sorted(query_inputs_row)} do not match the declared inputs "
+            f"{sorted(declared)} (missing {missing}, unexpected {unexpected})"
+        )
+    body: dict = {
+        "ranking.profile": profile,
+        "hits": int(hits),
+        "timeout": f"{timeout:g}s",
+        "ranking.softtimeout.enable": False,
+    }
+    for name, type_ in declared.items():
+        body[f"input.query({name})"] = _input_value(name, type_, query_inputs_row[name], profile)
+    select = f"select {DOC_ID_FIELD}, {CALIBRATION_SET_FIELD} from {DOCUMENT_TYPE} where"
+    if first_phase:
+        if method.hamming_role is None:
+            raise VespaError(f"{method.name} stores no sign bits; a Hamming first phase is impossible")
+        if nn_query is None:
+            raise VespaError(f"{profile}: a Hamming first phase needs the packed query bits (nn_query)")
+        if k1 <= 0:
+            raise VespaError(f"{profile}: k1={k1} must be positive")
+        name = nn_input_name(method, dim)
+        cells = {spec.role: spec.cells for spec in method.fields(dim)}[method.hamming_role]
+        body[f"input.query({name})"] = _input_value(name, f"tensor<int8>(x[{cells}])", nn_query, profile)
+        bits_field = field_name(method.name, dim, method.hamming_role)
+        annotation = f"{{targetHits:{int(k1)}, approximate:{str(bool(approximate)).lower()}}}"
+        body["yql"] = f"{select} {annotation}nearestNeighbor({bits_field}, {name})"
+        if expressions.second_phase is not None:
+            body["ranking.rerankCount"] = int(k1)
+    else:
+        body["yql"] = f"{select} true"
+    return body
+
+
+def documents_count_body(timeout: float = 10.0) -> dict:
+    """``select * from doc where true`` with no hits: the response's ``totalCount`` counts documents."""
+    return {"yql": f"select * from {DOCUMENT_TYPE} where true", "hits": 0, "timeout": f"{timeout:g}s"}
+
+
+def iter_rows(query_inputs: Mapping[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:
+    """Split batched query inputs (name -> (n, ...)) into one mapping per query."""
+    n = {len(np.asarray(v)) for v in query_inputs.values()}
+    if len(n) != 1:
+        raise VespaError(f"query inputs have different numbers of queries: {sorted(n)}")
+    for i in range(n.pop()):
+        yield {name: np.asarray(values)[i] for name, values in query_inputs.items()}
