@@ -110,6 +110,7 @@ def evaluate_command(
     cache_dir: Optional[Path] = CacheDirOption,
     doc_embeddings: Optional[Path] = DocEmbeddingsOption,
     query_embeddings: Optional[Path] = QueryEmbeddingsOption,
+    calibration_dir: Optional[Path] = typer.Option(None, "--calibration-dir", help="With --backend vespa: the folder `vespa-quant feed` wrote; every hit is checked against its calibration set."),
 ) -> None:
     """Evaluate quantization methods: NDCG@10 with bootstrap CIs, bytes/vector, paired delta vs float32."""
     from vespa_quant.evaluate.report import format_table
@@ -125,7 +126,7 @@ def evaluate_command(
         from vespa_quant.evaluate.vespa_backend import VespaBackend
 
         search_backend = VespaBackend(endpoint=endpoint, doc_ids=embedded.dataset.doc_ids,
-                                      first_phase=first_phase, k1=k1)
+                                      first_phase=first_phase, k1=k1, calibration_dir=calibration_dir)
     else:
         raise VespaQuantError(f"--backend must be 'local' or 'vespa', got {backend!r}")
     evaluation = evaluate(embedded, chosen, parse_dims(dims, embedded.native_dim), rotation=rotation,
@@ -166,6 +167,44 @@ def deploy_command(
     deploy(app_dir, config_url=config_url, timeout=timeout)
     typer.echo(f"deployed {app_dir} to {config_url}")
     wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+
+
+@app.command("feed")
+@cli_errors
+def feed_command(
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
+    methods: str = MethodsOption,
+    dims: str = typer.Option("384,256", "--dims", help="Comma-separated dims; must be dims the deployed package has fields for."),
+    rotation: str = RotationOption,
+    seed: int = SeedOption,
+    endpoint: str = typer.Option("http://localhost:8080", "--endpoint", help="Vespa container (document and query API)."),
+    calibration_dir: Path = typer.Option(Path("out/calibrations"), "--calibration-dir", help="Where each calibration (.npz) and manifest.json are saved; pass it to evaluate --backend vespa."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Parallel HTTP connections for feeding."),
+    max_retries: int = typer.Option(3, "--max-retries", help="Extra rounds for documents that failed with 429/5xx."),
+    data_root: Optional[Path] = DataRootOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+    doc_embeddings: Optional[Path] = DocEmbeddingsOption,
+    query_embeddings: Optional[Path] = QueryEmbeddingsOption,
+) -> None:
+    """Embed (cached), calibrate, encode and feed every document; idempotent, so a re-run resumes."""
+    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.feed.feeder import feed
+    from vespa_quant.quantize.registry import parse_methods
+
+    embedded = load_embedded(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                             precomputed=precomputed_embeddings(doc_embeddings, query_embeddings))
+    report = feed(endpoint, embedded, parse_methods(methods), parse_dims(dims, embedded.native_dim),
+                  rotation=rotation, seed=seed, calibration_dir=calibration_dir,
+                  concurrency=concurrency, max_retries=max_retries)
+    typer.echo(f"fed {report.n_fed}/{report.n_docs} documents, calibration set {report.calibration_set}, "
+               f"manifest {report.manifest}; Vespa counts {report.count_in_vespa}")
+    if report.failed_ids:
+        shown = ", ".join(report.failed_ids[:20]) + (" ..." if len(report.failed_ids) > 20 else "")
+        first = report.errors.get(report.failed_ids[0], "")
+        raise VespaQuantError(f"{len(report.failed_ids)} documents failed ({shown}); first error: {first}")
+    if report.count_in_vespa != report.n_docs:
+        raise VespaQuantError(f"Vespa holds {report.count_in_vespa} documents, the corpus has {report.n_docs}")
 
 
 def main() -> None:  # pragma: no cover - console entry point
