@@ -381,6 +381,6 @@ def test_vespa_backend_unknown_ids_missing_methods_and_retries(fake: FakeVespa, 
     with pytest.raises(VespaError, match=r"has no calibration for float32@64: re-run vespa-quant feed"):
         VespaBackend(fake.url, embedded.dataset.doc_ids, calibration_dir=subset).search(
             method, calibration, codes, queries, 10)
-    with pytest.raises(VespaError, match=f"nothing listens|refused or dropped"):
+    with pytest.raises(VespaError, match="nothing listens|refused or dropped"):
         VespaBackend(f"http://127.0.0.1:{_free_port()}", embedded.dataset.doc_ids, retry_wait=0.01,
                      max_retries=1).search(method, calibration, codes, queries[:1], 10)

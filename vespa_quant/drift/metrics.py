@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from vespa_quant.quantize.base import Calibration, Method, calibrate, encode, rotate
 from vespa_quant.errors import CalibrationError
+from vespa_quant.quantize.base import Calibration, Method, calibrate, encode, rotate
 
 DEGENERATE_RELATIVE_SCALE = 1e-6
 """A dimension whose spread is below this fraction of the median dimension's spread is constant."""
@@ -41,11 +41,10 @@ class DriftMetrics:
     ``centre_shift_sigma``: mean over dimensions of ``|c_seen - c_cal| / s_cal``, with ``(c, s)``
     the method's centre and scale (``Method.centre_scale``) of the frozen calibration and of a
     calibration recomputed on the seen documents; ``centre_shift_sigma_max`` is the worst
-    dimension. For Lloyd-Max this is exactly ``|median(seen) - median_cal| / sigma_cal``.
-    A method whose calibration holds no scale (``binary_median_asym``'s scale is identically 1)
-    is measured in units of the seen documents' standard deviation instead.
+    dimension. For Lloyd-Max and binary_median_asym this is exactly
+    ``|median(seen) - median_cal| / sigma_cal``.
 
-    ``scale_ratio``: mean ``|log(s_seen / s_cal)|``; NaN when the calibration holds no scale.
+    ``scale_ratio``: mean ``|log(s_seen / s_cal)|``.
 
     ``occupancy_divergence``: how the frozen buckets are filled by the seen documents, measured as
     named by ``occupancy_measure``: ``jensen_shannon`` = mean per-dimension Jensen-Shannon
@@ -120,9 +119,10 @@ def _edge_codes(method: Method, constants, dim: int) -> tuple[np.ndarray, np.nda
 
 def _changed_codes(method: Method, frozen: Calibration, fresh: Calibration,
                    rotated: np.ndarray, seen: np.ndarray) -> float:
+    """Share of (document, dimension) codes that differ; both calibrations share one rotation."""
     before = method.buckets(rotated, frozen.arrays)
     if before is not None:
-        after = method.buckets(rotate(seen, fresh), fresh.arrays)
+        after = method.buckets(rotated, fresh.arrays)
         return float(np.mean(np.asarray(before) != np.asarray(after)))
     # No per-dimension buckets: compare the stored cells themselves, every field together.
     old, new = encode(method, seen, frozen), encode(method, seen, fresh)
@@ -148,11 +148,14 @@ def drift_metrics(method: Method, calibration: Calibration, seen_vectors: np.nda
         )
     if not method.needs_calibration:
         return zero_drift(method, len(seen))
-    fresh = recalibration or calibrate(method, seen, calibration.rotation, calibration.seed)
-    if fresh.method != method.name or fresh.rotation != calibration.rotation or fresh.dim != calibration.dim:
+    fresh = recalibration if recalibration is not None else calibrate(
+        method, seen, calibration.rotation, calibration.seed)
+    if (fresh.method, fresh.dim, fresh.rotation, fresh.seed) != (
+            method.name, calibration.dim, calibration.rotation, calibration.seed):
         raise CalibrationError(
-            f"recalibration {fresh.id} ({fresh.method}, {fresh.rotation}) does not match "
-            f"calibration {calibration.id} ({calibration.method}, {calibration.rotation})"
+            f"recalibration {fresh.id} ({fresh.method}, {fresh.dim} dims, rotation {fresh.rotation} "
+            f"seed {fresh.seed}) does not match calibration {calibration.id} ({calibration.method}, "
+            f"{calibration.dim} dims, rotation {calibration.rotation} seed {calibration.seed})"
         )
     rotated = rotate(seen, calibration).astype(np.float64)
     seen_std = rotated.std(axis=0)
@@ -162,16 +165,14 @@ def drift_metrics(method: Method, calibration: Calibration, seen_vectors: np.nda
     frozen_cs, fresh_cs = method.centre_scale(calibration.arrays), method.centre_scale(fresh.arrays)
     if frozen_cs is not None and fresh_cs is not None:
         (c_cal, s_cal), (c_seen, s_seen) = frozen_cs, fresh_cs
-        has_scale = not np.all(np.asarray(s_cal) == 1.0)
-        unit = np.asarray(s_cal, dtype=np.float64) if has_scale else seen_std
+        unit = np.asarray(s_cal, dtype=np.float64)
         live_unit = live & live_dimensions(unit)
         if np.any(live_unit):
             shift = np.abs(np.asarray(c_seen, np.float64) - c_cal)[live_unit] / unit[live_unit]
             centre_shift, centre_shift_max = float(shift.mean()), float(shift.max())
-            if has_scale:
-                ratio_live = live_unit & live_dimensions(s_seen)
-                scale_ratio = float(np.mean(np.abs(np.log(
-                    np.asarray(s_seen, np.float64)[ratio_live] / unit[ratio_live]))))
+            ratio_live = live_unit & live_dimensions(s_seen)
+            scale_ratio = float(np.mean(np.abs(np.log(
+                np.asarray(s_seen, np.float64)[ratio_live] / unit[ratio_live]))))
         else:
             centre_shift = centre_shift_max = 0.0
 

@@ -10,10 +10,10 @@ silently reusing stale vectors.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from vespa_quant.data.beir import BeirDataset
 from vespa_quant.embed import encoder
 from vespa_quant.embed.models import ModelSpec, TextKind, get_model_spec
 from vespa_quant.errors import EmbeddingError
+from vespa_quant.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -251,16 +252,9 @@ def _save_atomic(path: Path, vectors: np.ndarray) -> None:
     Concurrent runs or a killed process then leave either the old file or the complete new
     one, never a truncated array that a later run would load.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            np.save(out, vectors, allow_pickle=False)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; cache entries are meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, vectors, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _l2_normalise(vectors: np.ndarray) -> np.ndarray:

@@ -7,8 +7,6 @@ the front of methods that nothing else beats on both axes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from vespa_quant.evaluate.metrics import EvaluationError
+from vespa_quant.files import save_figure
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _NO_ROTATION = (None, "", "none", "None", False)
@@ -135,14 +134,4 @@ def pareto_plot(rows: Sequence[dict], path: Path, title: str | None = None) -> P
     axes.legend(handles=method_handles + dim_handles + front_handle, fontsize=7, loc="lower right")
     figure.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        figure.savefig(tmp_name, dpi=150, format="png")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return save_figure(figure, Path(path))

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 
 from vespa_quant.errors import DataError
 from vespa_quant.evaluate.metrics import EvaluationError
+from vespa_quant.files import atomic_write_text
 
 RESULT_FIELDS: tuple[str, ...] = (
     "dataset",
@@ -46,19 +46,19 @@ RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 
 
-def _to_builtin(value: Any) -> Any:
+def to_builtin(value: Any) -> Any:
     """Convert numpy scalars/arrays, tuples and paths to JSON types; non-finite floats to None.
 
     ``None`` rather than ``NaN`` because ``NaN`` is not JSON and breaks strict readers.
     """
     if isinstance(value, dict):
-        return {str(key): _to_builtin(item) for key, item in value.items()}
+        return {str(key): to_builtin(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_builtin(item) for item in value]
+        return [to_builtin(item) for item in value]
     if isinstance(value, np.ndarray):
-        return [_to_builtin(item) for item in value.tolist()]
+        return [to_builtin(item) for item in value.tolist()]
     if isinstance(value, np.generic):
-        return _to_builtin(value.item())
+        return to_builtin(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, os.PathLike):
@@ -87,7 +87,7 @@ def _column_order(rows: Sequence[dict]) -> list[str]:
     return columns
 
 
-def _csv_cells(key: str, value: Any) -> list[tuple[str, Any]]:
+def csv_cells(key: str, value: Any) -> list[tuple[str, Any]]:
     """One JSON-ready value -> its CSV (column, cell) pairs; intervals become two columns."""
     if key.endswith(CI_SUFFIX):
         if value is None:
@@ -99,37 +99,24 @@ def _csv_cells(key: str, value: Any) -> list[tuple[str, Any]]:
     return [(key, "" if value is None else value)]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and ``os.replace``, so readers never see a
-    half-written file and a crash leaves the previous version intact."""
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as tmp_file:
-            tmp_file.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def results_json_text(rows: Sequence[dict]) -> str:
     """The ``results.json`` content for ``rows`` (strict JSON, indent 2)."""
     _check_rows(rows)
-    return json.dumps([_to_builtin(row) for row in rows], indent=2, allow_nan=False) + "\n"
+    return json.dumps([to_builtin(row) for row in rows], indent=2, allow_nan=False) + "\n"
 
 
 def results_csv_text(rows: Sequence[dict]) -> str:
     """The ``results.csv`` content for ``rows``: one column per key, intervals split in two."""
     _check_rows(rows)
-    builtin_rows = [_to_builtin(row) for row in rows]
+    builtin_rows = [to_builtin(row) for row in rows]
     columns = _column_order(builtin_rows)
     records = [
-        dict(cell for key in columns if key in row for cell in _csv_cells(key, row[key]))
+        dict(cell for key in columns if key in row for cell in csv_cells(key, row[key]))
         for row in builtin_rows
     ]
     header = list(dict.fromkeys(column for record in records for column in record))
     if not records:
-        header = [column for key in columns for column, _ in _csv_cells(key, None)]
+        header = [column for key in columns for column, _ in csv_cells(key, None)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=header, restval="", extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -149,8 +136,8 @@ def write_results(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / RESULTS_JSON
     csv_path = out_dir / RESULTS_CSV
-    _atomic_write_text(json_path, json_text)
-    _atomic_write_text(csv_path, csv_text)
+    atomic_write_text(json_path, json_text)
+    atomic_write_text(csv_path, csv_text)
     return json_path, csv_path
 
 

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from vespa_quant.errors import VespaError
-from vespa_quant.quantize.base import Calibration, Method, field_name, nn_input_declarations, nn_input_name
+from vespa_quant.quantize.base import Calibration, Method, field_name, nn_input_name
 from vespa_quant.quantize.float_methods import round_to_bfloat16
 from vespa_quant.vespa_app.package import (
     CALIBRATION_SET_FIELD,

@@ -187,6 +187,18 @@ class Method:
         return self.bytes_per_vector(dim) * 8 / dim
 
 
+def robust_scale(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension median and standard deviation; a zero deviation becomes 1.
+
+    all-MiniLM-L6-v2 has dimensions that are ~1e-33 for every text: their deviation is 0 and
+    every document lands in the same bucket, so any positive scale keeps scores finite without
+    changing the ranking.
+    """
+    values = corpus.astype(np.float64)
+    sigma = values.std(axis=0)
+    return np.median(values, axis=0), np.where(sigma > 0, sigma, 1.0)
+
+
 def field_name(method: str, dim: int, role: str) -> str:
     """Schema field holding ``role`` of ``method`` at ``dim``: one name rule for every tool."""
     return f"{method}_{dim}_{role}"

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from vespa_quant.quantize.base import Arrays, Method, RankExpressions, TensorField
+from vespa_quant.quantize.base import Arrays, Method, RankExpressions, TensorField, robust_scale
 from vespa_quant.quantize.bits import hamming_distances, pack_bits, unpack_bits
 
 
@@ -89,11 +89,12 @@ class BinaryMedianAsym(_SignBits):
     name = "binary_median_asym"
 
     def calibrate(self, corpus: np.ndarray) -> dict[str, np.ndarray]:
-        return {"median": np.median(corpus.astype(np.float64), axis=0)}
+        """The median is the quantizer; sigma is kept only to measure drift in sigma units."""
+        median, sigma = robust_scale(corpus)
+        return {"median": median, "sigma": sigma}
 
     def centre_scale(self, constants: Arrays) -> tuple[np.ndarray, np.ndarray]:
-        median = constants["median"]
-        return median, np.ones_like(median)
+        return constants["median"], constants["sigma"]
 
     def query_inputs(self, queries: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
         return _signed_query_inputs(queries - constants["median"])

@@ -19,7 +19,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from vespa_quant.quantize.base import Arrays, Method, RankExpressions, TensorField
+from vespa_quant.quantize.base import Arrays, Method, RankExpressions, TensorField, robust_scale
 from vespa_quant.quantize.bits import pack_bits, unpack_bits
 
 GAUSS_BOUNDARIES = np.array([-0.9816, 0.0, 0.9816])
@@ -45,18 +45,6 @@ def bucket_means(values: np.ndarray, codes: np.ndarray, fallback: np.ndarray) ->
     counts = np.bincount(flat, minlength=dim * 4)
     means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
     return np.where(counts > 0, means, fallback.ravel()).reshape(dim, 4)
-
-
-def robust_scale(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension median and standard deviation; a zero deviation becomes 1.
-
-    all-MiniLM-L6-v2 has dimensions that are ~1e-33 for every text: their deviation is 0 and
-    every document lands in the same bucket, so any positive scale keeps scores finite without
-    changing the ranking.
-    """
-    values = corpus.astype(np.float64)
-    sigma = values.std(axis=0)
-    return np.median(values, axis=0), np.where(sigma > 0, sigma, 1.0)
 
 
 class FourLevel(Method):
