@@ -207,5 +207,46 @@ def feed_command(
         raise VespaQuantError(f"Vespa holds {report.count_in_vespa} documents, the corpus has {report.n_docs}")
 
 
+@app.command("drift")
+@cli_errors
+def drift_command(
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
+    methods: str = MethodsOption,
+    calibration_fraction: str = typer.Option("0.01,0.05,0.1,0.25", "--calibration-fraction", help="Comma-separated fractions of the stream each frozen calibration is learned on."),
+    order: str = typer.Option("random", "--order", help="Stream order: random (seeded shuffle) or given (corpus file order)."),
+    seed: int = SeedOption,
+    calibrate_on: Optional[str] = typer.Option(None, "--calibrate-on", help="Cross-domain: calibrate on this other dataset (same model), serve --dataset."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Matryoshka dim to run at (default: the model's native dim)."),
+    rotation: str = RotationOption,
+    steps: int = typer.Option(10, "--steps", help="Streaming checkpoints: drift is measured every 1/steps of the corpus."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Calibration draws per fraction, averaging out the luck of one calibration sample (default 5 for --order random, 1 for given)."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the CIs."),
+    output: Path = typer.Option(Path("out/drift"), "--output", "-o", help="Folder for drift.json/csv, drift_steps.csv, policy.csv and drift.png."),
+    data_root: Optional[Path] = DataRootOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+) -> None:
+    """Streaming drift: how calibrations frozen on early documents degrade, and when to recalibrate."""
+    from vespa_quant.drift.runner import format_drift_table, run_drift, write_drift
+    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.quantize.registry import parse_methods
+
+    if order not in ("random", "given"):
+        raise VespaQuantError(f"--order must be 'random' or 'given', got {order!r}")
+    try:
+        fractions = [float(part) for part in calibration_fraction.split(",") if part.strip()]
+    except ValueError:
+        raise VespaQuantError(f"--calibration-fraction must be comma-separated numbers, got {calibration_fraction!r}") from None
+    repeats = repeats or (5 if order == "random" else 1)
+    embedded = load_embedded(dataset, model, data_root=data_root, cache_dir=cache_dir)
+    other = load_embedded(calibrate_on, model, data_root=data_root, cache_dir=cache_dir) if calibrate_on else None
+    report = run_drift(embedded, parse_methods(methods), fractions, order=order, seed=seed, calibrate_on=other,
+                       steps=steps, n_resamples=resamples, rotation=rotation, dim=dim, repeats=repeats,
+                       show_progress=True)
+    written = write_drift(report, output)
+    typer.echo(format_drift_table(report))
+    typer.echo("wrote " + ", ".join(str(path) for path in written))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
