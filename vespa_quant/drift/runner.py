@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from vespa_quant.drift.metrics import drift_metrics, zero_drift
 from vespa_quant.drift.policy import RecalibrationPolicy, simulate_policy
 from vespa_quant.errors import CalibrationError, VespaQuantError
-from vespa_quant.evaluate.metrics import PairedResult, bootstrap_ci, paired_bootstrap
+from vespa_quant.evaluate.metrics import PairedResult, bootstrap_ci, paired_bootstrap, paired_result
 from vespa_quant.evaluate.runner import NDCG, EmbeddedDataset, LocalBackend, score_hits
 from vespa_quant.quantize.base import Calibration, Method, calibrate, encode
 from vespa_quant.quantize.registry import get_method
@@ -134,15 +134,7 @@ def crossed_bootstrap(deltas: np.ndarray, n_resamples: int = 1000, seed: int = 0
     column_means = deltas[:, columns].mean(axis=2).T  # (resamples, draws)
     resampled = np.take_along_axis(column_means, rows, axis=1).mean(axis=1)
     delta_mean = float(deltas.mean())
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled, [tail, 1.0 - tail])
-    if delta_mean > 0:
-        p_value = min(1.0, 2.0 * float(np.mean(resampled <= 0.0)))
-    elif delta_mean < 0:
-        p_value = min(1.0, 2.0 * float(np.mean(resampled >= 0.0)))
-    else:
-        p_value = 1.0
-    return PairedResult(delta_mean=delta_mean, ci_low=float(low), ci_high=float(high), p_value=p_value)
+    return paired_result(delta_mean, resampled, confidence)
 
 
 def _versus(prefix: str, per_draw: np.ndarray, reference: np.ndarray, n_resamples: int, seed: int) -> dict:

@@ -190,6 +190,23 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
+def paired_result(delta_mean: float, resampled: np.ndarray, confidence: float = 0.95) -> PairedResult:
+    """Percentile CI and two-sided p-value of a mean delta from its bootstrap distribution.
+
+    The p-value is twice the fraction of resampled deltas on the other side of zero from the
+    observed one (zero counts against the effect), capped at 1; a zero delta gives p = 1.
+    """
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(resampled, [tail, 1.0 - tail])
+    if delta_mean > 0:
+        p_value = min(1.0, 2.0 * float(np.mean(resampled <= 0.0)))
+    elif delta_mean < 0:
+        p_value = min(1.0, 2.0 * float(np.mean(resampled >= 0.0)))
+    else:
+        p_value = 1.0
+    return PairedResult(delta_mean=delta_mean, ci_low=float(low), ci_high=float(high), p_value=p_value)
+
+
 def paired_bootstrap(
     a: np.ndarray,
     b: np.ndarray,
@@ -216,12 +233,4 @@ def paired_bootstrap(
     _check_bootstrap_args(deltas, "a - b", n_resamples, confidence)
     delta_mean = float(deltas.mean())
     resampled = _bootstrap_means(deltas, n_resamples, seed)
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled, [tail, 1.0 - tail])
-    if delta_mean > 0:
-        p_value = min(1.0, 2.0 * float(np.mean(resampled <= 0.0)))
-    elif delta_mean < 0:
-        p_value = min(1.0, 2.0 * float(np.mean(resampled >= 0.0)))
-    else:
-        p_value = 1.0
-    return PairedResult(delta_mean=delta_mean, ci_low=float(low), ci_high=float(high), p_value=p_value)
+    return paired_result(delta_mean, resampled, confidence)

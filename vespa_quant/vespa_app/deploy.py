@@ -67,25 +67,27 @@ def deploy(app_dir: Path, config_url: str = DEFAULT_CONFIG_URL, timeout: float =
         )
 
 
-def _config_server_state(config_url: str, request_timeout: float) -> str:
+def _get_state(url: str, request_timeout: float) -> tuple[str, requests.Response | None]:
+    """``("up", response)`` on HTTP 200, else a short state and no response."""
     try:
-        response = requests.get(config_url.rstrip("/") + "/ApplicationStatus", timeout=request_timeout)
+        response = requests.get(url, timeout=request_timeout)
     except requests.ConnectionError:
-        return "not listening"
+        return "not listening", None
     except requests.Timeout:
-        return "not answering"
-    return "up" if response.status_code == 200 else f"HTTP {response.status_code}"
+        return "not answering", None
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}", None
+    return "up", response
+
+
+def _config_server_state(config_url: str, request_timeout: float) -> str:
+    return _get_state(config_url.rstrip("/") + "/ApplicationStatus", request_timeout)[0]
 
 
 def _container_state(query_url: str, request_timeout: float) -> str:
-    try:
-        response = requests.get(query_url.rstrip("/") + "/state/v1/health", timeout=request_timeout)
-    except requests.ConnectionError:
-        return "not listening"
-    except requests.Timeout:
-        return "not answering"
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}"
+    state, response = _get_state(query_url.rstrip("/") + "/state/v1/health", request_timeout)
+    if response is None:
+        return state
     try:
         return str(response.json()["status"]["code"])
     except (ValueError, KeyError, TypeError):
