@@ -48,3 +48,25 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path: Path) -> None:
     assert "error:" in result.output and "Traceback" not in result.output
     unknown = CliRunner().invoke(app, ["evaluate", "--methods", "float64"])
     assert unknown.exit_code == 2 and "unknown method 'float64'" in unknown.output
+
+
+def test_bring_your_own_embeddings(scifact_slice: Path, tmp_path: Path) -> None:
+    """Precomputed vectors (.npy + .ids beside it) stand in for any model; no model is loaded."""
+    import numpy as np
+
+    from vespa_quant.data.beir import load_beir
+
+    dataset = load_beir(scifact_slice)
+    rng = np.random.default_rng(0)
+    for kind, ids in (("docs", dataset.doc_ids), ("queries", dataset.query_ids)):
+        np.save(tmp_path / f"{kind}.npy", rng.standard_normal((len(ids), 48)).astype(np.float32))
+        (tmp_path / f"{kind}.ids").write_text("\n".join(reversed(ids)) + "\n")  # any order
+    result = CliRunner().invoke(app, [
+        "evaluate", "--dataset", str(scifact_slice), "--model", "my-own-model", "--methods", "float32,lloyd_max_gauss",
+        "--doc-embeddings", str(tmp_path / "docs.npy"), "--query-embeddings", str(tmp_path / "queries.npy"),
+        "--cache-dir", str(tmp_path / "cache"), "--resamples", "50", "--output", str(tmp_path / "out"),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["dim"] for r in rows} == {48} and {r["model"] for r in rows} == {"my-own-model"}
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))
