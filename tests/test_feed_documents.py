@@ -17,7 +17,9 @@ from vespa_quant.feed.documents import (
     decode_tensor_hex,
     feed_documents,
     query_body,
+    slot_calibration_count_body,
     tensor_json,
+    update_operations,
     vespa_document_id,
 )
 from vespa_quant.quantize.base import (
@@ -75,14 +77,24 @@ def test_hex_round_trips_every_cell_type() -> None:
         tensor_json(values, "int4")
 
 
+def _slot_a(encoded: dict) -> tuple[dict, dict]:
+    codes = {(name, dim, "a"): codes for (name, dim), (_, codes, _) in encoded.items()}
+    ids = {(name, dim, "a"): cal.id for (name, dim), (cal, _, _) in encoded.items()}
+    return codes, ids
+
+
 def test_feed_documents_round_trip_every_method_and_dim(encoded: dict) -> None:
     doc_ids = [f"doc-{i}" for i in range(40)]
+    codes_by_slot, calibration_ids = _slot_a(encoded)
     codes_by_key = {key: codes for key, (_, codes, _) in encoded.items()}
-    operations = list(feed_documents(doc_ids, codes_by_key, METHODS, "set123"))
+    operations = list(feed_documents(doc_ids, codes_by_slot, METHODS, calibration_ids))
     assert [op["id"] for op in operations] == doc_ids
     for row, op in enumerate(operations):
         fields = op["fields"]
-        assert fields["doc_id"] == doc_ids[row] and fields["calibration_set"] == "set123"
+        assert fields["doc_id"] == doc_ids[row]
+        for (name, dim), (calibration, _, _) in encoded.items():
+            stored = fields.get(package.calibration_field_name(name, dim))
+            assert stored == (calibration.id if METHODS[name].needs_calibration else None), name
         for (name, dim), codes in codes_by_key.items():
             for spec in METHODS[name].fields(dim):
                 text = fields[field_name(name, dim, spec.role)]["values"]
@@ -90,16 +102,46 @@ def test_feed_documents_round_trip_every_method_and_dim(encoded: dict) -> None:
                 decoded = decode_tensor_hex(text, spec.cell_type)
                 assert decoded.shape == (spec.cells,)
                 assert np.array_equal(decoded, codes[spec.role][row]), (name, dim, spec.role)
-    expected_fields = 2 + sum(len(METHODS[n].fields(d)) for n, d in codes_by_key)
+    calibrated = sum(METHODS[n].needs_calibration for n, _ in codes_by_key)
+    expected_fields = 1 + calibrated + sum(len(METHODS[n].fields(d)) for n, d in codes_by_key)
     assert len(operations[0]["fields"]) == expected_fields
 
 
+def test_puts_write_every_slot_given_and_updates_only_the_slot_given(encoded: dict) -> None:
+    doc_ids = [f"doc-{i}" for i in range(40)]
+    calibration, codes, _ = encoded[("lloyd_max_gauss", 256)]
+    other = {role: np.roll(array, 1, axis=0) for role, array in codes.items()}
+    both = {("lloyd_max_gauss", 256, "a"): codes, ("lloyd_max_gauss", 256, "b"): other}
+    ids = {("lloyd_max_gauss", 256, "a"): calibration.id, ("lloyd_max_gauss", 256, "b"): "0123456789abcdef"}
+    put = next(iter(feed_documents(doc_ids, both, METHODS, ids)))
+    assert set(put["fields"]) == {"doc_id", "lloyd_max_gauss_256_calibration", "lloyd_max_gauss_256_hi",
+                                  "lloyd_max_gauss_256_lo", "lloyd_max_gauss_256_calibration_b",
+                                  "lloyd_max_gauss_256_hi_b", "lloyd_max_gauss_256_lo_b"}
+    assert put["fields"]["lloyd_max_gauss_256_calibration_b"] == "0123456789abcdef"
+    updates = list(update_operations(doc_ids, {("lloyd_max_gauss", 256, "b"): other}, METHODS, ids))
+    assert [op["id"] for op in updates] == doc_ids
+    for row, op in enumerate(updates):
+        assert set(op["fields"]) == {"lloyd_max_gauss_256_calibration_b", "lloyd_max_gauss_256_hi_b",
+                                     "lloyd_max_gauss_256_lo_b"}
+        assert op["fields"]["lloyd_max_gauss_256_calibration_b"] == "0123456789abcdef"
+        for role in ("hi", "lo"):
+            decoded = decode_tensor_hex(op["fields"][f"lloyd_max_gauss_256_{role}_b"]["values"], "int8")
+            assert np.array_equal(decoded, other[role][row])
+
+
 def test_feed_documents_rejects_codes_that_do_not_fit(encoded: dict) -> None:
-    _, codes, _ = encoded[("int8_asym", 384)]
+    calibration, codes, _ = encoded[("int8_asym", 384)]
+    ids = {("int8_asym", 384, "a"): calibration.id}
     with pytest.raises(VespaError, match=r"int8_asym@384 codes: codes have shape \(40, 384\), expected \(39, 384\)"):
-        list(feed_documents([str(i) for i in range(39)], {("int8_asym", 384): codes}, METHODS, "s"))
+        list(feed_documents([str(i) for i in range(39)], {("int8_asym", 384, "a"): codes}, METHODS, ids))
     with pytest.raises(VespaError, match="roles"):
-        list(feed_documents([str(i) for i in range(40)], {("int8_asym", 384): {"bits": codes["codes"]}}, METHODS, "s"))
+        list(feed_documents([str(i) for i in range(40)], {("int8_asym", 384, "a"): {"bits": codes["codes"]}},
+                            METHODS, ids))
+    with pytest.raises(VespaError, match="int8_asym@384 slot b: no calibration id"):
+        list(update_operations([str(i) for i in range(40)], {("int8_asym", 384, "b"): codes}, METHODS, ids))
+    _, float_codes, _ = encoded[("float32", 384)]
+    with pytest.raises(VespaError, match=r"float32@384: slot 'b' does not exist; the method has slots \('a',\)"):
+        list(feed_documents([str(i) for i in range(40)], {("float32", 384, "b"): float_codes}, METHODS, {}))
 
 
 @pytest.mark.parametrize("doc_id", ["4983", "MED-10", "a/b", "../x", "..", "q?#&=", "α β", "~odd", "x%2Fy", ""])
@@ -117,11 +159,10 @@ def test_document_ids_are_injective() -> None:
     assert len({vespa_document_id(i) for i in ids}) == len(ids)
 
 
-def test_calibration_set_id_is_stable_and_matches_the_package(encoded: dict) -> None:
+def test_calibration_set_id_is_a_stable_label(encoded: dict) -> None:
     calibrations = {key: cal for key, (cal, _, _) in encoded.items()}
     first = calibration_set_id(calibrations)
     assert first == calibration_set_id(dict(reversed(list(calibrations.items()))))
-    assert first == package.calibration_set_id(c.id for c in calibrations.values())
     assert re.fullmatch(r"[0-9a-f]{16}", first)
     fewer = {k: v for k, v in calibrations.items() if k != ("int8_asym", 256)}
     assert calibration_set_id(fewer) != first
@@ -153,7 +194,8 @@ def test_query_body_carries_every_declared_input(encoded: dict, name: str, dim: 
             if "int8" in type_:
                 assert all(isinstance(v, int) and -128 <= v <= 127 for v in value)
             np.testing.assert_array_equal(np.asarray(value, dtype=np.float32), inputs[key][0])
-    assert body["yql"].startswith("select doc_id, calibration_set from doc where ")
+    summary = f"doc_id, {name}_{dim}_calibration" if method.needs_calibration else "doc_id"
+    assert body["yql"].startswith(f"select {summary} from doc where ")
     if first_phase:
         nn_name = nn_input_name(method, dim)
         bits = field_name(name, dim, method.hamming_role)
@@ -169,6 +211,35 @@ def test_query_body_carries_every_declared_input(encoded: dict, name: str, dim: 
     if first_phase:
         extra.add(f"input.query({nn_input_name(method, dim)})")
     assert set(body) <= extra
+
+
+@pytest.mark.parametrize("name", ["lloyd_max_gauss", "binary_median_asym", "int8_asym"])
+def test_slot_b_queries_read_slot_b(encoded: dict, name: str) -> None:
+    method = METHODS[name]
+    calibration, _, queries = encoded[(name, 256)]
+    row = {key: value[0] for key, value in query_inputs(method, queries, calibration).items()}
+    first_phase = method.hamming_role is not None
+    nn = hamming_query(method, queries, calibration)[0] if first_phase else None
+    a = query_body(method, 256, row, hits=10, first_phase=first_phase, k1=50, nn_query=nn)
+    b = query_body(method, 256, row, hits=10, first_phase=first_phase, k1=50, nn_query=nn, slot="b")
+    assert (a["ranking.profile"], b["ranking.profile"]) == (f"{name}_256", f"{name}_256_b")
+    assert b["yql"].startswith(f"select doc_id, {name}_256_calibration_b from doc where ")
+    if first_phase:
+        bits = field_name(name, 256, method.hamming_role)
+        assert f"nearestNeighbor({bits}_b, " in b["yql"] and f"nearestNeighbor({bits}, " in a["yql"]
+    assert {k: v for k, v in a.items() if k not in ("yql", "ranking.profile")} == \
+        {k: v for k, v in b.items() if k not in ("yql", "ranking.profile")}
+    with pytest.raises(VespaError, match="float32@256: slot 'b' does not exist"):
+        query_body(METHODS["float32"], 256, {"q": queries[0]}, hits=10, first_phase=False, k1=50, nn_query=None,
+                   slot="b")
+
+
+def test_slot_calibration_count_is_an_exact_attribute_match() -> None:
+    body = slot_calibration_count_body("int8_asym", 384, "b", "0123456789abcdef")
+    assert body["yql"] == 'select * from doc where int8_asym_384_calibration_b contains "0123456789abcdef"'
+    assert body["hits"] == 0
+    with pytest.raises(VespaError, match="not lowercase hex"):
+        slot_calibration_count_body("int8_asym", 384, "b", 'x" or true or "')
 
 
 @pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.hamming_role and not m.always_first_phase])

@@ -1,4 +1,5 @@
-"""Live Vespa: deploy the generated package, feed SciFact, and match the local engine's NDCG@10.
+"""Live Vespa: deploy the generated package, feed SciFact, match the local engine's NDCG@10, and
+recalibrate one method through its inactive slot while queries keep answering from the active one.
 
 Needs a running Vespa (``docker compose up -d && pytest -m vespa``). The query endpoint is
 ``VESPA_QUANT_ENDPOINT`` (default http://localhost:8080) and the config server
@@ -48,19 +49,25 @@ def scifact() -> Path:
     return folder
 
 
+def _deploy_every_method(tmp_path: Path) -> None:
+    from vespa_quant.quantize.registry import METHODS
+    from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
+    from vespa_quant.vespa_app.package import assemble, write_package
+
+    write_package(tmp_path / "generated", list(METHODS.values()), DIMS)
+    app_dir = assemble(tmp_path / "generated", "single", tmp_path / "app")
+    deploy(app_dir, CONFIG_ENDPOINT)
+    wait_until_ready(ENDPOINT, CONFIG_ENDPOINT, timeout=900, progress=None)
+
+
 def test_vespa_ndcg_matches_local_engine(scifact: Path, tmp_path: Path) -> None:
     from vespa_quant.evaluate.runner import LocalBackend, evaluate, load_embedded
     from vespa_quant.evaluate.vespa_backend import VespaBackend
     from vespa_quant.feed.feeder import feed
     from vespa_quant.quantize.registry import METHODS
-    from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
-    from vespa_quant.vespa_app.package import assemble, write_package
 
     methods = list(METHODS.values())
-    write_package(tmp_path / "generated", methods, DIMS)
-    app_dir = assemble(tmp_path / "generated", "single", tmp_path / "app")
-    deploy(app_dir, CONFIG_ENDPOINT)
-    wait_until_ready(ENDPOINT, CONFIG_ENDPOINT, timeout=900, progress=None)
+    _deploy_every_method(tmp_path)
 
     embedded = load_embedded(scifact, "all-MiniLM-L6-v2", show_progress=False)
     calibration_dir = tmp_path / "calibrations"
@@ -83,3 +90,44 @@ def test_vespa_ndcg_matches_local_engine(scifact: Path, tmp_path: Path) -> None:
     too_far = {key: round(gap, 4) for key, gap in gaps.items() if gap > TOLERANCE}
     assert not too_far, f"|NDCG@10(vespa) - NDCG@10(local)| > {TOLERANCE}: {too_far}"
     assert all(row["latency_ms_p50"] > 0 for row in on_vespa.rows)
+
+
+def test_vespa_recalibration_switches_slots_without_disagreement(scifact: Path, tmp_path: Path) -> None:
+    """Write slot b with another calibration while queries read slot a, verify, switch, compare."""
+    import numpy as np
+
+    from vespa_quant.evaluate.runner import NDCG, LocalBackend, load_embedded, score_hits
+    from vespa_quant.evaluate.vespa_backend import VespaBackend
+    from vespa_quant.feed.feeder import feed
+    from vespa_quant.feed.recalibrate import switch_active_slot, verify_inactive_slot, write_inactive_slot
+    from vespa_quant.quantize.base import calibrate, encode
+    from vespa_quant.quantize.registry import METHODS
+
+    _deploy_every_method(tmp_path)
+    embedded = load_embedded(scifact, "all-MiniLM-L6-v2", show_progress=False)
+    method, dim = METHODS["lloyd_max_gauss"], 256
+    calibration_dir = tmp_path / "calibrations"
+    fed = feed(ENDPOINT, embedded, [method], (dim,), calibration_dir=calibration_dir, progress=False)
+    assert fed.complete, f"feed incomplete: {len(fed.failed_ids)} failed, Vespa counts {fed.count_in_vespa}"
+    docs, queries = embedded.at_dim(dim)
+    old = fed.calibrations[(method.name, dim)]
+    new = calibrate(method, docs[: len(docs) // 10])  # learned on a tenth of the corpus: other constants
+    assert new.id != old.id
+    old_codes, new_codes = encode(method, docs, old), encode(method, docs, new)
+    backend = VespaBackend(ENDPOINT, list(embedded.dataset.doc_ids), calibration_dir=calibration_dir)
+    before = backend.search(method, old, old_codes, queries, 10)
+
+    written = write_inactive_slot(ENDPOINT, embedded, method, dim, calibration_dir, new_calibration=new,
+                                  progress=False)
+    assert written.ok, f"{len(written.failed_ids)} updates failed, e.g. {list(written.errors.items())[:3]}"
+    between = backend.search(method, old, old_codes, queries, 10)  # written, not switched: the old slot
+    np.testing.assert_array_equal(between.hits.indices, before.hits.indices)
+    np.testing.assert_allclose(between.hits.scores, before.hits.scores, rtol=1e-6)
+
+    check = verify_inactive_slot(ENDPOINT, written)
+    assert check.ok, f"slot {check.slot}: {check.n_with_id} of {check.n_docs} documents hold {check.calibration_id}"
+    switch_active_slot(calibration_dir, written, check)
+    after = backend.search(method, new, new_codes, queries, 10)
+    local = LocalBackend().search(method, new, new_codes, queries, 10)
+    gap = abs(score_hits(embedded, after.hits)[NDCG].mean() - score_hits(embedded, local.hits)[NDCG].mean())
+    assert gap <= TOLERANCE, f"after the switch |NDCG@10(vespa) - NDCG@10(local)| = {gap:.4f}"

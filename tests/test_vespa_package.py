@@ -21,12 +21,13 @@ import pytest
 import yaml
 
 from vespa_quant.errors import VespaError, VespaQuantError
-from vespa_quant.quantize.base import nn_input_declarations, RankExpressions, TensorField, field_name
-from vespa_quant.quantize.binary import BinaryAsym
+from vespa_quant.quantize.base import (
+    SLOTS, RankExpressions, TensorField, field_name, method_slots, nn_input_declarations, slot_suffix,
+)
+from vespa_quant.quantize.binary import BinaryAsym, BinaryMedianAsym
 from vespa_quant.quantize.registry import METHODS
 from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
 from vespa_quant.vespa_app.package import (
-    CALIBRATION_SET_FIELD,
     CLUSTER_HOSTS,
     CLUSTER_HOSTS_FILE,
     CLUSTER_SERVICES_FILE,
@@ -36,7 +37,7 @@ from vespa_quant.vespa_app.package import (
     SERVICES_FILE,
     assemble,
     build_application_package,
-    calibration_set_id,
+    calibration_field_name,
     rank_profile_name,
     render_package,
     stale_artefacts,
@@ -176,25 +177,49 @@ def test_one_schema_named_doc(rendered, schema_text):
     assert "document doc {" in schema_text
 
 
+CALIBRATED = [m for m in METHODS.values() if m.needs_calibration]
+
+
+def _calibration_fields() -> set[str]:
+    return {calibration_field_name(m.name, d, slot) for m in CALIBRATED for d in DEFAULT_DIMS for slot in SLOTS}
+
+
 def test_id_and_calibration_fields_are_attribute_and_summary(fields):
-    for name in ("doc_id", CALIBRATION_SET_FIELD):
+    assert "calibration_set" not in fields
+    assert len(_calibration_fields()) == len(CALIBRATED) * len(DEFAULT_DIMS) * 2
+    for name in {"doc_id", *_calibration_fields()}:
         header, body = fields[name]
         assert header == "type string"
         assert "indexing: attribute | summary" in body
+    assert {"int8_asym_384_calibration", "int8_asym_384_calibration_b"} <= set(fields)
 
 
-def test_every_method_has_a_rank_profile_per_dim(profiles):
-    expected = {rank_profile_name(m, d) for m in METHODS for d in DEFAULT_DIMS}
+def test_slot_names_follow_one_rule():
+    assert [slot_suffix(slot) for slot in SLOTS] == ["", "_b"]
+    assert field_name("int8_asym", 384, "codes") == "int8_asym_384_codes"
+    assert field_name("int8_asym", 384, "codes", "b") == "int8_asym_384_codes_b"
+    assert rank_profile_name("int8_asym", 384, "b") == "int8_asym_384_b"
+    assert calibration_field_name("int8_asym", 384, "b") == "int8_asym_384_calibration_b"
+    with pytest.raises(VespaQuantError, match="unknown code slot 'c'"):
+        field_name("int8_asym", 384, "codes", "c")
+    assert method_slots(METHODS["float32"]) == ("a",) and method_slots(METHODS["int8_asym"]) == ("a", "b")
+    assert method_slots(METHODS["int8_asym"], recalibration_slots=False) == ("a",)
+
+
+def test_every_method_has_a_rank_profile_per_dim_and_slot(profiles):
+    expected = {rank_profile_name(m.name, d, slot) for m in METHODS.values() for d in DEFAULT_DIMS
+                for slot in method_slots(m)}
     assert set(profiles) == expected
-    assert len(profiles) == len(METHODS) * len(DEFAULT_DIMS)
+    assert len(profiles) == (len(METHODS) + len(CALIBRATED)) * len(DEFAULT_DIMS)
+    assert "float32_384_b" not in profiles and "binary_hamming_384_b" not in profiles
 
 
 def test_field_types_and_settings_follow_method_fields(fields):
-    expected_names = {"doc_id", CALIBRATION_SET_FIELD}
+    expected_names = {"doc_id", *_calibration_fields()}
     for method in METHODS.values():
-        for dim in DEFAULT_DIMS:
+        for dim, slot in [(dim, slot) for dim in DEFAULT_DIMS for slot in method_slots(method)]:
             for spec in method.fields(dim):
-                name = field_name(method.name, dim, spec.role)
+                name = field_name(method.name, dim, spec.role, slot)
                 expected_names.add(name)
                 header, body = fields[name]
                 assert header == f"type {spec.tensor_type}", name
@@ -234,9 +259,9 @@ def test_binary_rescore_keeps_a_paged_float_copy_and_hnsw_bits(fields, profiles)
 
 def test_rank_profiles_declare_inputs_and_expressions_from_the_methods(profiles):
     for method in METHODS.values():
-        for dim in DEFAULT_DIMS:
-            expressions = method.rank_expressions(dim, field=lambda r: field_name(method.name, dim, r))
-            _, body = profiles[rank_profile_name(method.name, dim)]
+        for dim, slot in [(dim, slot) for dim in DEFAULT_DIMS for slot in method_slots(method)]:
+            expressions = method.rank_expressions(dim, field=lambda r: field_name(method.name, dim, r, slot))
+            _, body = profiles[rank_profile_name(method.name, dim, slot)]
             inputs = re.search(r"inputs \{(.*?)\}", body, re.DOTALL).group(1)
             declared = [line.strip() for line in inputs.strip().splitlines()]
             wanted = {**expressions.inputs, **nn_input_declarations(method, dim)}
@@ -247,6 +272,54 @@ def test_rank_profiles_declare_inputs_and_expressions_from_the_methods(profiles)
     inputs = re.search(r"inputs \{(.*?)\}", profiles["binary_asym_384"][1], re.DOTALL).group(1)
     assert "query(w) tensor<float>(x[384])" in inputs
     assert "query(offset) double" in inputs
+
+
+def test_slot_b_profiles_are_slot_a_profiles_on_the_b_fields(profiles):
+    for method in CALIBRATED:
+        for dim in DEFAULT_DIMS:
+            _, a_body = profiles[rank_profile_name(method.name, dim)]
+            _, b_body = profiles[rank_profile_name(method.name, dim, "b")]
+            renamed = a_body
+            for spec in method.fields(dim):
+                plain = field_name(method.name, dim, spec.role)
+                renamed = re.sub(rf"\b{plain}\b", field_name(method.name, dim, spec.role, "b"), renamed)
+            assert renamed == b_body, method.name
+            assert re.search(rf"\b{method.name}_{dim}_\w+_b\b", b_body)
+
+
+def test_slots_double_only_the_calibrated_methods_memory(fields):
+    def in_memory_bytes(name: str, dim: int) -> int:
+        own = [spec for spec in METHODS[name].fields(dim) if not spec.paged]
+        return sum(spec.bytes for slot in SLOTS for spec in own
+                   if field_name(name, dim, spec.role, slot) in fields)
+
+    for method in METHODS.values():
+        copies = 2 if method.needs_calibration else 1
+        assert in_memory_bytes(method.name, 384) == copies * method.bytes_per_vector(384), method.name
+    assert METHODS["lloyd_max_gauss"].bytes_per_vector(384) == 96  # per slot, as before
+
+
+def test_recalibration_slots_can_be_left_out():
+    text = render_package(dims=(256,), recalibration_slots=False)[SCHEMA_FILE]
+    assert "_b " not in text and "_b\n" not in text and "calibration_b" not in text
+    assert "field int8_asym_256_calibration type string" in text
+    assert "field float32_256_calibration" not in text  # calibration-free: no id field
+    profiles = _blocks(text, "rank-profile")
+    assert set(profiles) == {rank_profile_name(m, 256) for m in METHODS}
+
+
+def test_generator_rejects_a_slot_profile_reading_the_other_slots_field():
+    class SlotBlind(BinaryMedianAsym):
+        name = "slot_blind"
+
+        def rank_expressions(self, dim, field):
+            expressions = super().rank_expressions(dim, field)
+            return RankExpressions(expressions.inputs, expressions.first_phase.replace(field("bits"),
+                                                                                       f"slot_blind_{dim}_bits"))
+
+    render_package([SlotBlind()], (384,), recalibration_slots=False)
+    with pytest.raises(VespaQuantError, match=r"slot_blind_384_b: reads field 'slot_blind_384_bits', .* in slot b"):
+        render_package([SlotBlind()], (384,))
 
 
 def test_rerank_count_is_a_parameter():
@@ -298,12 +371,6 @@ def test_generator_rejects_bad_dims_and_duplicate_methods():
         render_package(dims=(0,))
     with pytest.raises(VespaQuantError, match="listed twice: binary_asym"):
         render_package([METHODS["binary_asym"], METHODS["binary_asym"]])
-
-
-def test_calibration_set_id_is_order_free_and_stable():
-    assert calibration_set_id(["b", "a", "a"]) == calibration_set_id(["a", "b"])
-    assert calibration_set_id(["a"]) != calibration_set_id(["a", "b"])
-    assert re.fullmatch(r"[0-9a-f]{16}", calibration_set_id([]))
 
 
 # --- services and hosts -------------------------------------------------------------------------

@@ -5,8 +5,15 @@ Documents are fed beforehand (:mod:`vespa_quant.feed.feeder`); here each query b
 profile, sent concurrently from a thread pool with one ``requests`` session per thread. 429, 502,
 503 and 504 (soft timeout is off, so an overloaded query fails with 504 rather than returning a
 truncated ranking) and dropped connections are retried with exponential backoff. Each hit's
-``doc_id`` field maps back to a corpus row, and its ``calibration_set`` must be the one the
-documents were fed with, so scores from codes of another calibration can never be reported.
+``doc_id`` field maps back to a corpus row.
+
+Calibration slots: a calibrated method's documents hold two code slots, and the calibration
+manifest says which one is active (:mod:`vespa_quant.feed.manifest`). Each search reads the
+manifest once and sends every query of the batch to the active slot's rank profile; every hit
+returns that slot's calibration id, which must be the manifest's (and the query's), so scores from
+codes of another calibration can never be reported. A recalibration rewrites only the inactive
+slot and flips the manifest after checking every document, so a batch that started before the
+flip keeps reading untouched codes and one that starts after reads complete ones.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from vespa_quant.engine.local import FirstPhase, Hits, uses_first_phase
 from vespa_quant.errors import VespaError
 from vespa_quant.evaluate.runner import BackendHits
 from vespa_quant.feed.documents import iter_rows, query_body
-from vespa_quant.feed.feeder import read_manifest
+from vespa_quant.feed.manifest import manifest_entry, manifest_path, read_manifest
 from vespa_quant.quantize.base import Arrays, Calibration, Method, hamming_query, query_inputs
-from vespa_quant.vespa_app.package import CALIBRATION_SET_FIELD, DOC_ID_FIELD, calibration_set_id
+from vespa_quant.vespa_app.package import DOC_ID_FIELD, calibration_field_name
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -44,9 +51,10 @@ class VespaBackend:
     """:class:`~vespa_quant.evaluate.runner.SearchBackend` answered by Vespa at ``endpoint``.
 
     ``doc_ids`` are the corpus ids in row order (``EmbeddedDataset.dataset.doc_ids``). With
-    ``calibration_dir`` (the feeder's output) every hit must carry the manifest's calibration set
-    and the query's calibration must be the one fed; without it, hits must at least agree with
-    each other.
+    ``calibration_dir`` (the feeder's output) queries go to the manifest's active slot, whose
+    calibration must be the query's, and every hit of a calibrated method must carry that
+    calibration's id; without it, queries go to slot ``a`` and every hit must carry the id of the
+    calibration the query was computed with.
     """
 
     endpoint: str
@@ -67,38 +75,39 @@ class VespaBackend:
         if len(self._rows) != len(self.doc_ids):
             raise VespaError("doc_ids contain repeats: hits could not be mapped back to rows")
 
-    def expected_calibration_set(self, method: Method, calibration: Calibration) -> str | None:
-        """The manifest's calibration set, after checking it holds exactly this calibration."""
+    def active_slot(self, method: Method, calibration: Calibration) -> tuple[str, str]:
+        """(slot, calibration id) queries of ``method`` at ``calibration.dim`` must use and see.
+
+        From the manifest when there is one, after checking the query's calibration is the one
+        the active slot holds; slot ``a`` and the query's own calibration otherwise.
+        """
         if self.calibration_dir is None:
-            return None
-        manifest = read_manifest(self.calibration_dir)
-        fed = {(entry["method"], int(entry["dim"])): entry["id"] for entry in manifest["calibrations"]}
-        key = (method.name, calibration.dim)
-        if key not in fed:
+            return "a", calibration.id
+        entry = manifest_entry(read_manifest(self.calibration_dir), method.name, calibration.dim,
+                               self.calibration_dir)
+        slot = entry["active_slot"]
+        fed = entry["slots"][slot]
+        if fed["id"] != calibration.id:
             raise VespaError(
-                f"{Path(self.calibration_dir) / 'manifest.json'} has no calibration for "
-                f"{method.name}@{calibration.dim}: re-run vespa-quant feed with this method and dim"
+                f"{manifest_path(self.calibration_dir)}: the active slot {slot} of {method.name}@{calibration.dim} "
+                f"holds codes of calibration {fed['id']} ({fed['file']}), this query uses calibration "
+                f"{calibration.id}: query with that calibration, or re-run vespa-quant feed / recalibrate"
             )
-        if fed[key] != calibration.id:
-            ours = calibration_set_id([*(cid for k, cid in fed.items() if k != key), calibration.id])
-            raise VespaError(
-                f"documents were encoded with calibration set {manifest['calibration_set']}, "
-                f"this query uses {ours}: re-run vespa-quant feed"
-            )
-        return manifest["calibration_set"]
+        return slot, fed["id"]
 
     def search(self, method: Method, calibration: Calibration, codes: Arrays,
                queries: np.ndarray, k: int) -> BackendHits:
         n_docs = len(next(iter(codes.values())))
         if n_docs != len(self.doc_ids):
             raise VespaError(f"codes hold {n_docs} documents but the backend knows {len(self.doc_ids)} doc ids")
-        expected = self.expected_calibration_set(method, calibration)
+        slot, expected = self.active_slot(method, calibration)
+        stored_field = calibration_field_name(method.name, calibration.dim, slot) if method.needs_calibration else None
         first_phase = uses_first_phase(method, self.first_phase)
         hits = min(k, self.k1) if first_phase else k
         nn = hamming_query(method, queries, calibration) if first_phase else None
         bodies = [
             query_body(method, calibration.dim, row, hits=hits, first_phase=first_phase, k1=self.k1,
-                       nn_query=None if nn is None else nn[i], timeout=self.timeout)
+                       nn_query=None if nn is None else nn[i], timeout=self.timeout, slot=slot)
             for i, row in enumerate(iter_rows(query_inputs(method, queries, calibration)))
         ]
         sessions: list[requests.Session] = []
@@ -125,7 +134,6 @@ class VespaBackend:
         indices = np.full((len(bodies), k), -1, dtype=np.int64)
         scores = np.full((len(bodies), k), -np.inf)
         latencies = np.empty(len(bodies))
-        seen_sets: set[str] = set()
         for i, (payload, latency_ms) in enumerate(answers):
             latencies[i] = latency_ms
             for j, hit in enumerate(payload.get("root", {}).get("children", [])[:k]):
@@ -137,20 +145,14 @@ class VespaBackend:
                         f"{len(self.doc_ids)} corpus ids: the index holds other documents; feed this "
                         f"dataset into an empty Vespa"
                     )
-                stored = fields.get(CALIBRATION_SET_FIELD)
-                if expected is not None and stored != expected:
+                if stored_field is not None and fields.get(stored_field) != expected:
                     raise VespaError(
-                        f"documents were encoded with calibration set {stored}, "
-                        f"this query uses {expected}: re-run vespa-quant feed"
+                        f"query {i}: document {doc_id!r} holds codes of calibration "
+                        f"{fields.get(stored_field)} in slot {slot} of {method.name}@{calibration.dim}, "
+                        f"this query uses calibration {expected}: re-run vespa-quant feed / recalibrate"
                     )
-                seen_sets.add(stored)
                 indices[i, j] = self._rows[doc_id]
                 scores[i, j] = float(hit["relevance"])
-        if len(seen_sets) > 1:
-            raise VespaError(
-                f"documents carry different calibration sets ({', '.join(sorted(map(str, seen_sets)))}): "
-                f"re-run vespa-quant feed"
-            )
         return BackendHits(Hits(indices, scores), latencies)
 
     def _post(self, session: requests.Session, body: dict, what: str) -> tuple[dict, float]:

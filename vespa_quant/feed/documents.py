@@ -6,7 +6,13 @@ Three translations live here, each checked against Vespa's reference documentati
   form, ``{"values": "<hex>"}`` (document JSON format reference, "Tensors"): two hex digits per
   ``int8`` cell (the byte, two's complement, so -1 is ``FF``), and for floating cells the bits
   of the value read as an unsigned integer, 4 / 8 / 16 hex digits for ``bfloat16`` / ``float`` /
-  ``double``. Hex is exact and about a third of the size of decimal floats.
+  ``double``. Hex is exact and about a third of the size of decimal floats. Codes are keyed by
+  slot (:data:`SlotKey`); each calibrated slot also carries its calibration id. A put
+  (:func:`feed_documents`) holds ``doc_id`` and every slot given; a partial update
+  (:func:`update_operations`) holds only the slot fields given, each of which pyvespa's
+  ``update_data`` sends as ``{"assign": value}`` ("assign ... can use the same syntax and
+  structure as when feeding that field's value in a put"; assigning a tensor "will fully
+  replace the entire tensor stored in this field", document JSON format reference, "assign").
 * BEIR document ids -> Vespa document ids. pyvespa builds ``/document/v1/<ns>/<schema>/docid/<id>``
   with ``urllib.parse.quote(id)``, whose default keeps ``/`` unescaped (pyvespa
   ``Vespa.get_document_v1_path``), and URL normalisation folds ``.``/``..`` segments; ids with
@@ -22,21 +28,24 @@ Three translations live here, each checked against Vespa's reference documentati
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from vespa_quant.errors import VespaError
-from vespa_quant.quantize.base import Calibration, Method, field_name, nn_input_name
+from vespa_quant.quantize.base import Calibration, Method, field_name, method_slots, nn_input_name
 from vespa_quant.quantize.float_methods import round_to_bfloat16
 from vespa_quant.vespa_app.package import (
-    CALIBRATION_SET_FIELD,
     DOC_ID_FIELD,
     DOCUMENT_TYPE,
-    calibration_set_id as _hash_calibration_ids,
+    calibration_field_name,
     rank_profile_name,
 )
+
+SlotKey = tuple[str, int, str]
+"""(method name, dim, slot): where a set of codes is stored."""
 
 NAMESPACE = "vespaquant"
 """Document id namespace: ids are ``id:vespaquant:doc::<id>``."""
@@ -93,11 +102,12 @@ def decode_tensor_hex(text: str, cell_type: str) -> np.ndarray:
 
 
 def calibration_set_id(calibrations: Mapping[tuple[str, int], Calibration]) -> str:
-    """The value stored in every document's ``calibration_set`` field.
+    """One 16-hex-digit label for a feed's calibrations, for logs and reports.
 
     Each :attr:`Calibration.id` already hashes its method, dim, rotation and constants, so the set
-    is the package's hash of the sorted ids (the same function the package generator exposes);
-    the keys are checked against the calibrations so a mislabelled entry cannot slip in.
+    is a hash of the sorted ids, independent of order; the keys are checked against the
+    calibrations so a mislabelled entry cannot slip in. Documents carry the id of each slot
+    instead (``<method>_<dim>_calibration[_b]``), which is what queries check.
     """
     if not calibrations:
         raise VespaError("no calibrations: a calibration set needs at least one (method, dim)")
@@ -107,7 +117,8 @@ def calibration_set_id(calibrations: Mapping[tuple[str, int], Calibration]) -> s
                 f"calibration {calibration.id} is for {calibration.method}@{calibration.dim}, "
                 f"filed under {method}@{dim}"
             )
-    return _hash_calibration_ids(calibration.id for calibration in calibrations.values())
+    unique = sorted({calibration.id for calibration in calibrations.values()})
+    return hashlib.sha256(",".join(unique).encode()).hexdigest()[:16]
 
 
 def vespa_document_id(doc_id: str) -> str:
@@ -131,23 +142,33 @@ def dataset_document_id(vespa_id: str) -> str:
     return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
 
 
-def feed_documents(
-    doc_ids: Sequence[str],
-    codes_by_key: Mapping[tuple[str, int], Mapping[str, np.ndarray]],
-    methods_by_name: Mapping[str, Method],
-    calibration_set: str,
-) -> Iterator[dict]:
-    """pyvespa feed operations ``{"id": ..., "fields": {...}}``, one per document, lazily.
+def _check_slot(method: Method, dim: int, slot: str) -> None:
+    if slot not in method_slots(method):
+        raise VespaError(f"{method.name}@{dim}: slot {slot!r} does not exist; "
+                         f"the method has slots {method_slots(method)}")
 
-    Every (method, dim) must supply exactly the roles of :meth:`Method.fields` with one row per
-    document and the declared number of cells; hex encoding runs a chunk of rows at a time.
+
+def _slot_fields(
+    doc_ids: Sequence[str],
+    codes_by_slot: Mapping[SlotKey, Mapping[str, np.ndarray]],
+    methods_by_name: Mapping[str, Method],
+    calibration_ids: Mapping[SlotKey, str],
+) -> Iterator[tuple[str, dict]]:
+    """(dataset id, slot fields) per document, hex-encoding a chunk of rows at a time.
+
+    Every slot must supply exactly the roles of :meth:`Method.fields` with one row per document
+    and the declared number of cells, exist for its method, and, for a calibrated method, come
+    with the id of the calibration its codes were encoded with.
     """
     n_docs = len(doc_ids)
     layout: list[tuple[str, str, np.ndarray]] = []
-    for (name, dim), codes in codes_by_key.items():
+    ids: dict[str, str] = {}
+    for (name, dim, slot), codes in codes_by_slot.items():
         if name not in methods_by_name:
             raise VespaError(f"codes for unknown method {name!r}; known: {', '.join(methods_by_name)}")
-        specs = {spec.role: spec for spec in methods_by_name[name].fields(dim)}
+        method = methods_by_name[name]
+        _check_slot(method, dim, slot)
+        specs = {spec.role: spec for spec in method.fields(dim)}
         if set(codes) != set(specs):
             raise VespaError(
                 f"{name}@{dim}: codes have roles {sorted(codes)}, the method stores {sorted(specs)}"
@@ -159,15 +180,51 @@ def feed_documents(
                     f"{name}@{dim} {role}: codes have shape {array.shape}, "
                     f"expected ({n_docs}, {spec.cells}) for {n_docs} documents"
                 )
-            layout.append((field_name(name, dim, role), spec.cell_type, array))
+            layout.append((field_name(name, dim, role, slot), spec.cell_type, array))
+        if method.needs_calibration:
+            if (name, dim, slot) not in calibration_ids:
+                raise VespaError(f"{name}@{dim} slot {slot}: no calibration id for its codes")
+            ids[calibration_field_name(name, dim, slot)] = calibration_ids[(name, dim, slot)]
     for start in range(0, n_docs, _CHUNK):
         stop = min(start + _CHUNK, n_docs)
         encoded = [(field, _hex_rows(array[start:stop], cell_type)) for field, cell_type, array in layout]
         for offset, doc_id in enumerate(doc_ids[start:stop]):
-            fields = {DOC_ID_FIELD: str(doc_id), CALIBRATION_SET_FIELD: calibration_set}
+            fields = dict(ids)
             for field, rows in encoded:
                 fields[field] = {"values": rows[offset]}
-            yield {"id": vespa_document_id(doc_id), "fields": fields}
+            yield str(doc_id), fields
+
+
+def feed_documents(
+    doc_ids: Sequence[str],
+    codes_by_slot: Mapping[SlotKey, Mapping[str, np.ndarray]],
+    methods_by_name: Mapping[str, Method],
+    calibration_ids: Mapping[SlotKey, str],
+) -> Iterator[dict]:
+    """pyvespa put operations ``{"id": ..., "fields": {...}}``, one per document, lazily.
+
+    A put replaces the whole document, so it must hold every slot the manifest lists (a slot
+    left out would be emptied): ``doc_id``, and per slot its codes and calibration id.
+    """
+    for doc_id, fields in _slot_fields(doc_ids, codes_by_slot, methods_by_name, calibration_ids):
+        yield {"id": vespa_document_id(doc_id), "fields": {DOC_ID_FIELD: doc_id, **fields}}
+
+
+def update_operations(
+    doc_ids: Sequence[str],
+    codes_by_slot: Mapping[SlotKey, Mapping[str, np.ndarray]],
+    methods_by_name: Mapping[str, Method],
+    calibration_ids: Mapping[SlotKey, str],
+) -> Iterator[dict]:
+    """pyvespa partial-update operations touching only the given slots' fields, lazily.
+
+    For ``Vespa.feed_iterable(..., operation_type="update")``, whose ``update_data`` sends
+    ``{"fields": {name: {"assign": value}}}`` with ``PUT /document/v1/...`` (pyvespa
+    ``VespaSync.update_data``, ``auto_assign=True``); ``doc_id`` and every other field are left
+    as they are.
+    """
+    for doc_id, fields in _slot_fields(doc_ids, codes_by_slot, methods_by_name, calibration_ids):
+        yield {"id": vespa_document_id(doc_id), "fields": fields}
 
 
 def _input_value(name: str, declared: str, value, where: str):
@@ -201,8 +258,13 @@ def query_body(
     nn_query: np.ndarray | None,
     approximate: bool = False,
     timeout: float = 10.0,
+    slot: str = "a",
 ) -> dict:
-    """The JSON body of ``POST /search/`` for one query of ``method`` at ``dim``.
+    """The JSON body of ``POST /search/`` for one query of ``method`` at ``dim`` on ``slot``.
+
+    The profile and the ``nearestNeighbor`` field are ``slot``'s; the YQL selects ``doc_id`` and,
+    for a calibrated method, ``slot``'s calibration id, so every hit names the calibration that
+    encoded the codes it was scored on.
 
     With ``first_phase``, matching is the exact Hamming ``nearestNeighbor`` with ``targetHits=k1``
     on the method's sign bits; when the profile has a second phase, ``ranking.rerankCount=k1``
@@ -211,8 +273,9 @@ def query_body(
     per content node). Soft timeout is off, so a slow query fails with 504 instead of returning a
     silently truncated ranking.
     """
-    profile = rank_profile_name(method.name, dim)
-    expressions = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role))
+    _check_slot(method, dim, slot)
+    profile = rank_profile_name(method.name, dim, slot)
+    expressions = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role, slot))
     if not 0 < hits <= MAX_HITS:
         raise VespaError(f"{profile}: hits={hits} must be in [1, {MAX_HITS}] (Vespa's default maxHits)")
     declared = dict(expressions.inputs)
@@ -231,7 +294,10 @@ def query_body(
     }
     for name, type_ in declared.items():
         body[f"input.query({name})"] = _input_value(name, type_, query_inputs_row[name], profile)
-    select = f"select {DOC_ID_FIELD}, {CALIBRATION_SET_FIELD} from {DOCUMENT_TYPE} where"
+    summary = [DOC_ID_FIELD]
+    if method.needs_calibration:
+        summary.append(calibration_field_name(method.name, dim, slot))
+    select = f"select {', '.join(summary)} from {DOCUMENT_TYPE} where"
     if first_phase:
         if method.hamming_role is None:
             raise VespaError(f"{method.name} stores no sign bits; a Hamming first phase is impossible")
@@ -242,7 +308,7 @@ def query_body(
         name = nn_input_name(method, dim)
         cells = {spec.role: spec.cells for spec in method.fields(dim)}[method.hamming_role]
         body[f"input.query({name})"] = _input_value(name, f"tensor<int8>(x[{cells}])", nn_query, profile)
-        bits_field = field_name(method.name, dim, method.hamming_role)
+        bits_field = field_name(method.name, dim, method.hamming_role, slot)
         annotation = f"{{targetHits:{int(k1)}, approximate:{str(bool(approximate)).lower()}}}"
         body["yql"] = f"{select} {annotation}nearestNeighbor({bits_field}, {name})"
         if expressions.second_phase is not None:
@@ -252,9 +318,27 @@ def query_body(
     return body
 
 
-def documents_count_body(timeout: float = 10.0) -> dict:
-    """``select * from doc where true`` with no hits: the response's ``totalCount`` counts documents."""
-    return {"yql": f"select * from {DOCUMENT_TYPE} where true", "hits": 0, "timeout": f"{timeout:g}s"}
+def documents_count_body(timeout: float = 10.0, *, where: str = "true") -> dict:
+    """``select * from doc where <where>`` with no hits: the response's ``totalCount`` counts matches.
+
+    Without ranking or ``nearestNeighbor`` the match is exact, so ``totalCount`` is the exact
+    number of matching documents.
+    """
+    return {"yql": f"select * from {DOCUMENT_TYPE} where {where}", "hits": 0, "timeout": f"{timeout:g}s"}
+
+
+def slot_calibration_count_body(method: str, dim: int, slot: str, calibration_id: str,
+                                timeout: float = 10.0) -> dict:
+    """Count of documents whose ``slot`` of ``method`` at ``dim`` holds ``calibration_id``.
+
+    ``<field> contains "<id>"`` on a string attribute matches the whole stored value, not tokens
+    (only lowercased, and ids are lowercase hex), so it is an exact equality test (Vespa text
+    matching guide, "Index and attribute").
+    """
+    if not re.fullmatch(r"[0-9a-f]+", calibration_id):
+        raise VespaError(f"calibration id {calibration_id!r} is not lowercase hex")
+    field = calibration_field_name(method, dim, slot)
+    return documents_count_body(timeout, where=f'{field} contains "{calibration_id}"')
 
 
 def iter_rows(query_inputs: Mapping[str, np.ndarray]) -> Iterable[dict[str, np.ndarray]]:

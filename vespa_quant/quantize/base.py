@@ -18,7 +18,7 @@ from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 
-from vespa_quant.errors import CalibrationError
+from vespa_quant.errors import CalibrationError, VespaQuantError
 from vespa_quant.quantize.rotation import ROTATIONS, rotation_matrix
 
 Arrays = Mapping[str, np.ndarray]
@@ -32,7 +32,7 @@ class TensorField:
     """One Vespa document field holding part of a method's codes.
 
     ``role`` is the method-local name (``bits``, ``hi``, ``codes``...); the schema field name is
-    derived from method, dim and role by :func:`field_name`.
+    derived from method, dim, role and code slot by :func:`field_name`.
     """
 
     role: str
@@ -199,9 +199,35 @@ def robust_scale(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.median(values, axis=0), np.where(sigma > 0, sigma, 1.0)
 
 
-def field_name(method: str, dim: int, role: str) -> str:
-    """Schema field holding ``role`` of ``method`` at ``dim``: one name rule for every tool."""
-    return f"{method}_{dim}_{role}"
+SLOTS: tuple[str, ...] = ("a", "b")
+"""Code slots of a calibrated method (blue/green): documents hold one calibration's codes in each,
+queries read the slot the calibration manifest marks active, and a recalibration rewrites the other
+slot before switching to it. Slot ``a`` carries the plain names, so a package without recalibration
+slots is the package of slot ``a`` alone."""
+
+
+def slot_suffix(slot: str) -> str:
+    """What a slot appends to every name derived from (method, dim): nothing for ``a``, ``_b`` for ``b``.
+
+    The one naming rule of slots: :func:`field_name`, the rank profile and the per-slot
+    calibration-id field all append it.
+    """
+    if slot not in SLOTS:
+        raise VespaQuantError(f"unknown code slot {slot!r}; expected one of {', '.join(SLOTS)}")
+    return "" if slot == SLOTS[0] else f"_{slot}"
+
+
+def field_name(method: str, dim: int, role: str, slot: str = "a") -> str:
+    """Schema field holding ``role`` of ``method`` at ``dim`` in ``slot``: one name rule for every tool."""
+    return f"{method}_{dim}_{role}{slot_suffix(slot)}"
+
+
+def method_slots(method: Method, recalibration_slots: bool = True) -> tuple[str, ...]:
+    """Slots ``method`` has: two when it is calibrated (and slots are enabled), else only ``a``.
+
+    A calibration-free method's codes never change, so it has nothing to switch between.
+    """
+    return SLOTS if method.needs_calibration and recalibration_slots else SLOTS[:1]
 
 
 NN_INPUT = "q_nn"

@@ -18,17 +18,35 @@ Translation rules (vespa-notes, "Storage" and "Ranking"; Vespa schema reference)
 * each (method, dim) gets ``rank-profile <method>_<dim>`` with its query inputs declared as
   ``query(name) <type>`` (``double`` for scalars), its functions, first phase and, when present,
   a second phase with ``rerank-count``.
+
+Recalibration slots (blue/green, ``recalibration_slots=True``, the committed package): every
+calibrated method (:attr:`Method.needs_calibration`) stores its codes twice per dim, slot ``a``
+under the names above and slot ``b`` under the same names with ``_b`` appended (fields
+``<method>_<dim>_<role>_b``, profile ``<method>_<dim>_b`` with the same expressions on the ``b``
+fields; :func:`~vespa_quant.quantize.base.slot_suffix` is the one naming rule). Each slot has a
+string attribute ``<method>_<dim>_calibration`` / ``..._calibration_b`` (``attribute | summary``)
+holding the :attr:`Calibration.id` whose codes the slot holds, so every hit says which calibration
+scored it. Queries use the slot the calibration manifest marks active; a recalibration rewrites
+only the other slot with partial updates, checks every document, then switches
+(:mod:`vespa_quant.feed.recalibrate`), so queries and documents never disagree.
+
+The cost is memory: slot ``b`` doubles the in-memory code bytes of every calibrated method.
+:meth:`Method.bytes_per_vector` stays the cost of one slot, so a calibrated method's documents hold
+``2 x bytes_per_vector`` bytes of codes (lloyd_max_gauss at 384 dims: 96 bytes per slot, 192 in
+all) plus the two calibration-id string attributes. Calibration-free methods (float32, bfloat16
+and the sign-bit methods) have one slot only. ``recalibration_slots=False`` generates slot ``a``
+alone, at the memory of one slot; recalibrating is then a full re-feed, during which queries and
+documents can disagree.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 from vespa.configuration.services import (
     admin,
@@ -64,14 +82,19 @@ from vespa.package import (
 )
 
 from vespa_quant.errors import VespaQuantError
-from vespa_quant.quantize.base import Method, TensorField, field_name, nn_input_declarations
+from vespa_quant.quantize.base import (
+    Method,
+    TensorField,
+    field_name,
+    method_slots,
+    nn_input_declarations,
+    slot_suffix,
+)
 from vespa_quant.quantize.registry import METHODS
 
 DOCUMENT_TYPE = "doc"
 """The one schema and document type: every method's codes live side by side in one document."""
 DOC_ID_FIELD = "doc_id"
-CALIBRATION_SET_FIELD = "calibration_set"
-"""String field holding :func:`calibration_set_id` of the calibrations the document was encoded with."""
 DEFAULT_DIMS: tuple[int, ...] = (384, 256)
 DEFAULT_NAME = "vespaquant"
 DEFAULT_RERANK_COUNT = 1000
@@ -102,19 +125,15 @@ _QUERY_REFERENCE = re.compile(r"\bquery\((\w+)\)")
 _FIELD_REFERENCE = re.compile(r"\battribute\((\w+)\)|\b(?:closeness|distance)\(\s*field\s*,\s*(\w+)\s*\)")
 
 
-def rank_profile_name(method: str, dim: int) -> str:
-    """Rank profile of ``method`` at ``dim``: one name rule for the package, feeder and queries."""
-    return f"{method}_{dim}"
+def rank_profile_name(method: str, dim: int, slot: str = "a") -> str:
+    """Rank profile of ``method`` at ``dim`` on ``slot``'s fields: one name rule for the package,
+    feeder and queries."""
+    return f"{method}_{dim}{slot_suffix(slot)}"
 
 
-def calibration_set_id(calibration_ids: Iterable[str]) -> str:
-    """Stable 16-hex-digit hash of a feed's calibration ids, stored in ``calibration_set``.
-
-    Order and repeats do not matter, so the feeder and a later query-time check compute the same
-    value from the same set of :attr:`Calibration.id` values.
-    """
-    unique = sorted(set(calibration_ids))
-    return hashlib.sha256(",".join(unique).encode()).hexdigest()[:16]
+def calibration_field_name(method: str, dim: int, slot: str = "a") -> str:
+    """String attribute holding the :attr:`Calibration.id` of the codes in ``slot`` of ``method`` at ``dim``."""
+    return f"{method}_{dim}_calibration{slot_suffix(slot)}"
 
 
 def _resolve_methods(methods: Sequence[Method] | None) -> list[Method]:
@@ -140,9 +159,9 @@ def _check_dims(dims: Sequence[int]) -> list[int]:
     return checked
 
 
-def tensor_field(method: Method, dim: int, spec: TensorField) -> Field:
-    """The pyvespa field holding ``spec`` of ``method`` at ``dim``."""
-    name = field_name(method.name, dim, spec.role)
+def tensor_field(method: Method, dim: int, spec: TensorField, slot: str = "a") -> Field:
+    """The pyvespa field holding ``spec`` of ``method`` at ``dim`` in ``slot``."""
+    name = field_name(method.name, dim, spec.role, slot)
     if spec.cell_type not in VESPA_CELL_TYPES:
         raise VespaQuantError(
             f"{name}: cell type {spec.cell_type!r} is not a Vespa tensor cell type "
@@ -169,16 +188,24 @@ def tensor_field(method: Method, dim: int, spec: TensorField) -> Field:
     )
 
 
-def rank_profile(method: Method, dim: int, second_phase_rerank_count: int = DEFAULT_RERANK_COUNT) -> RankProfile:
-    """The rank profile computing :meth:`Method.score`, checked against the method's own fields.
+def calibration_field(method: Method, dim: int, slot: str = "a") -> Field:
+    """The string attribute naming the calibration of ``slot``'s codes, returned in every hit."""
+    return Field(name=calibration_field_name(method.name, dim, slot), type="string",
+                 indexing=["attribute", "summary"])
+
+
+def rank_profile(method: Method, dim: int, second_phase_rerank_count: int = DEFAULT_RERANK_COUNT,
+                 slot: str = "a") -> RankProfile:
+    """The rank profile computing :meth:`Method.score` on ``slot``'s fields, checked against them.
 
     Every ``query(x)`` must be a declared input and every field read by ``attribute(f)`` or
-    ``closeness(field, f)`` must be one of the method's fields at ``dim``, so a typo in a method
-    fails here rather than at deployment.
+    ``closeness(field, f)`` must be one of the method's fields at ``dim`` in ``slot``, so a typo
+    in a method, or a profile of one slot reading the other's codes, fails here rather than at
+    deployment.
     """
-    profile = rank_profile_name(method.name, dim)
-    expressions = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role))
-    own_fields = {field_name(method.name, dim, spec.role) for spec in method.fields(dim)}
+    profile = rank_profile_name(method.name, dim, slot)
+    expressions = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role, slot))
+    own_fields = {field_name(method.name, dim, spec.role, slot) for spec in method.fields(dim)}
     texts = [expressions.first_phase, *expressions.functions.values()]
     if expressions.second_phase is not None:
         texts.append(expressions.second_phase)
@@ -194,7 +221,7 @@ def rank_profile(method: Method, dim: int, second_phase_rerank_count: int = DEFA
             if referenced not in own_fields:
                 raise VespaQuantError(
                     f"rank profile {profile}: reads field {referenced!r}, which is not one of "
-                    f"{method.name}'s fields at dim {dim} ({', '.join(sorted(own_fields))})"
+                    f"{method.name}'s fields at dim {dim} in slot {slot} ({', '.join(sorted(own_fields))})"
                 )
     second_phase = None
     if expressions.second_phase is not None:
@@ -217,19 +244,21 @@ def build_schema(
     methods: Sequence[Method] | None = None,
     dims: Sequence[int] = DEFAULT_DIMS,
     second_phase_rerank_count: int = DEFAULT_RERANK_COUNT,
+    *,
+    recalibration_slots: bool = True,
 ) -> Schema:
-    """Schema ``doc``: ids, the calibration set, and every method's fields and rank profiles."""
+    """Schema ``doc``: the id, and every method's fields, calibration ids and rank profiles per slot."""
     resolved = _resolve_methods(methods)
     checked = _check_dims(dims)
-    fields = [
-        Field(name=DOC_ID_FIELD, type="string", indexing=["attribute", "summary"]),
-        Field(name=CALIBRATION_SET_FIELD, type="string", indexing=["attribute", "summary"]),
-    ]
+    fields = [Field(name=DOC_ID_FIELD, type="string", indexing=["attribute", "summary"])]
     profiles = []
     for method in resolved:
         for dim in checked:
-            fields.extend(tensor_field(method, dim, spec) for spec in method.fields(dim))
-            profiles.append(rank_profile(method, dim, second_phase_rerank_count))
+            for slot in method_slots(method, recalibration_slots):
+                if method.needs_calibration:
+                    fields.append(calibration_field(method, dim, slot))
+                fields.extend(tensor_field(method, dim, spec, slot) for spec in method.fields(dim))
+                profiles.append(rank_profile(method, dim, second_phase_rerank_count, slot))
     names = [f.name for f in fields]
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
@@ -311,11 +340,13 @@ def build_application_package(
     dims: Sequence[int] = DEFAULT_DIMS,
     name: str = DEFAULT_NAME,
     second_phase_rerank_count: int = DEFAULT_RERANK_COUNT,
+    *,
+    recalibration_slots: bool = True,
 ) -> ApplicationPackage:
     """The single-node application package (schema ``doc`` + single-node services.xml)."""
     return ApplicationPackage(
         name=name,
-        schema=[build_schema(methods, dims, second_phase_rerank_count)],
+        schema=[build_schema(methods, dims, second_phase_rerank_count, recalibration_slots=recalibration_slots)],
         services_config=single_node_services(name),
         create_query_profile_by_default=False,
     )
@@ -326,9 +357,12 @@ def render_package(
     dims: Sequence[int] = DEFAULT_DIMS,
     name: str = DEFAULT_NAME,
     second_phase_rerank_count: int = DEFAULT_RERANK_COUNT,
+    *,
+    recalibration_slots: bool = True,
 ) -> dict[Path, str]:
     """Every generated artefact as text, keyed by its path relative to the repository root."""
-    package = build_application_package(methods, dims, name, second_phase_rerank_count)
+    package = build_application_package(methods, dims, name, second_phase_rerank_count,
+                                        recalibration_slots=recalibration_slots)
     schema_text = package.get_schema(DOCUMENT_TYPE).schema_to_text
     return {
         SCHEMA_FILE: f"# {_GENERATED_BY}: {REGENERATE_HINT}.\n{schema_text.strip()}\n",
@@ -344,10 +378,13 @@ def write_package(
     dims: Sequence[int] = DEFAULT_DIMS,
     name: str = DEFAULT_NAME,
     second_phase_rerank_count: int = DEFAULT_RERANK_COUNT,
+    *,
+    recalibration_slots: bool = True,
 ) -> list[Path]:
     """Write ``schemas/doc.sd`` and ``vespa_app/{,cluster/}`` under ``out_root``; byte-stable."""
     written = []
-    for relative, text in render_package(methods, dims, name, second_phase_rerank_count).items():
+    for relative, text in render_package(methods, dims, name, second_phase_rerank_count,
+                                         recalibration_slots=recalibration_slots).items():
         path = Path(out_root) / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text.encode("utf-8"))
@@ -361,10 +398,13 @@ def stale_artefacts(
     dims: Sequence[int] = DEFAULT_DIMS,
     name: str = DEFAULT_NAME,
     second_phase_rerank_count: int = DEFAULT_RERANK_COUNT,
+    *,
+    recalibration_slots: bool = True,
 ) -> list[Path]:
     """Generated files under ``out_root`` that are missing or differ from a fresh generation."""
     stale = []
-    for relative, text in render_package(methods, dims, name, second_phase_rerank_count).items():
+    for relative, text in render_package(methods, dims, name, second_phase_rerank_count,
+                                         recalibration_slots=recalibration_slots).items():
         path = Path(out_root) / relative
         if not path.is_file() or path.read_bytes() != text.encode("utf-8"):
             stale.append(path)
