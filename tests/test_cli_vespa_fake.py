@@ -40,3 +40,40 @@ def test_feed_fails_with_exit_code_2_when_nothing_listens(scifact_slice: Path, s
     result = CliRunner().invoke(app, ["feed", "--dataset", str(scifact_slice), "--cache-dir", str(slice_cache),
                                       "--endpoint", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "nothing listens on http://127.0.0.1:9" in result.output
+
+
+def test_recalibrate_switches_slots_and_evaluate_follows(scifact_slice: Path, slice_cache: Path, tmp_path: Path) -> None:
+    """Recalibrate lloyd_max_gauss with a calibration from 20% of the corpus: queries then use slot b,
+    and the Vespa NDCG equals the local engine's with that same calibration."""
+    import numpy as np
+
+    from vespa_quant.engine.local import search
+    from vespa_quant.evaluate.runner import load_embedded, score_hits
+    from vespa_quant.quantize.base import calibrate, encode
+    from vespa_quant.quantize.registry import get_method
+
+    embedded = load_embedded(scifact_slice, "all-MiniLM-L6-v2", cache_dir=slice_cache, show_progress=False)
+    method = get_method("lloyd_max_gauss")
+    docs, queries = embedded.at_dim(384)
+    partial = calibrate(method, docs[: len(docs) // 5])
+    partial.save(tmp_path / "partial.npz")
+
+    runner = CliRunner()
+    common = ["--dataset", str(scifact_slice), "--cache-dir", str(slice_cache)]
+    cal = ["--calibration-dir", str(tmp_path / "cal")]
+    with serving() as fake:
+        fed = runner.invoke(app, ["feed", *common, "--methods", "lloyd_max_gauss", "--dims", "384",
+                                  "--endpoint", fake.url, *cal])
+        assert fed.exit_code == 0, fed.output
+        switched = runner.invoke(app, ["recalibrate", *common, "--method", "lloyd_max_gauss", "--dim", "384",
+                                       "--calibration", str(tmp_path / "partial.npz"), "--endpoint", fake.url, *cal])
+        assert switched.exit_code == 0, switched.output
+        assert "slot a" in switched.output and "switched: queries now use slot b" in switched.output
+        on_vespa = runner.invoke(app, ["evaluate", *common, "--methods", "lloyd_max_gauss", "--dims", "384",
+                                       "--backend", "vespa", "--endpoint", fake.url, *cal, "--resamples", "50",
+                                       "--output", str(tmp_path / "vespa")])
+        assert on_vespa.exit_code == 0, on_vespa.output
+    row = json.loads((tmp_path / "vespa" / "results.json").read_text())[0]
+    assert row["calibration_id"] == partial.id
+    local = score_hits(embedded, search(method, partial, encode(method, docs, partial), queries, k=100))
+    assert abs(row["ndcg_at_10"] - float(np.mean(local["ndcg_cut_10"]))) <= 1e-9

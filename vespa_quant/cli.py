@@ -182,6 +182,7 @@ def feed_command(
     calibration_dir: Path = typer.Option(Path("out/calibrations"), "--calibration-dir", help="Where each calibration (.npz) and manifest.json are saved; pass it to evaluate --backend vespa."),
     concurrency: int = typer.Option(8, "--concurrency", help="Parallel HTTP connections for feeding."),
     max_retries: int = typer.Option(3, "--max-retries", help="Extra rounds for documents that failed with 429/5xx."),
+    keep_calibrations: bool = typer.Option(False, "--keep-calibrations", help="Encode with the calibrations already in --calibration-dir (every slot, active slots kept): for documents arriving after a calibration or recalibration. Default: calibrate afresh on this corpus."),
     data_root: Optional[Path] = DataRootOption,
     cache_dir: Optional[Path] = CacheDirOption,
     doc_embeddings: Optional[Path] = DocEmbeddingsOption,
@@ -196,7 +197,7 @@ def feed_command(
                              precomputed=precomputed_embeddings(doc_embeddings, query_embeddings))
     report = feed(endpoint, embedded, parse_methods(methods), parse_dims(dims, embedded.native_dim),
                   rotation=rotation, seed=seed, calibration_dir=calibration_dir,
-                  concurrency=concurrency, max_retries=max_retries)
+                  concurrency=concurrency, max_retries=max_retries, keep_calibrations=keep_calibrations)
     typer.echo(f"fed {report.n_fed}/{report.n_docs} documents, calibration set {report.calibration_set}, "
                f"manifest {report.manifest}; Vespa counts {report.count_in_vespa}")
     if report.failed_ids:
@@ -205,6 +206,42 @@ def feed_command(
         raise VespaQuantError(f"{len(report.failed_ids)} documents failed ({shown}); first error: {first}")
     if report.count_in_vespa != report.n_docs:
         raise VespaQuantError(f"Vespa holds {report.count_in_vespa} documents, the corpus has {report.n_docs}")
+
+
+@app.command("recalibrate")
+@cli_errors
+def recalibrate_command(
+    method: str = typer.Option(..., "--method", help="The calibrated method to recalibrate, e.g. lloyd_max_gauss."),
+    dim: int = typer.Option(..., "--dim", help="The dim whose fields are rewritten."),
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Use this saved calibration (.npz) instead of calibrating on --dataset's documents."),
+    endpoint: str = typer.Option("http://localhost:8080", "--endpoint", help="Vespa container (document and query API)."),
+    calibration_dir: Path = typer.Option(Path("out/calibrations"), "--calibration-dir", help="The folder `vespa-quant feed` wrote (manifest.json); the active slot is switched there."),
+    concurrency: int = typer.Option(8, "--concurrency", help="Parallel HTTP connections for the partial updates."),
+    data_root: Optional[Path] = DataRootOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+) -> None:
+    """Re-encode every document into the inactive slot (partial updates of the code fields only),
+    verify all of them in Vespa, then switch queries to it atomically."""
+    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.feed.recalibrate import recalibrate
+    from vespa_quant.quantize.base import Calibration
+    from vespa_quant.quantize.registry import get_method
+
+    embedded = load_embedded(dataset, model, data_root=data_root, cache_dir=cache_dir)
+    report = recalibrate(endpoint, embedded, get_method(method), dim, calibration_dir,
+                         new_calibration=Calibration.load(calibration) if calibration else None,
+                         concurrency=concurrency)
+    typer.echo(f"{method}@{dim}: slot {report.old_slot} ({report.old_calibration_id}) -> slot {report.new_slot} "
+               f"({report.new_calibration_id}); updated {report.n_updated}/{report.n_docs}, "
+               f"{report.n_with_new_id} documents carry the new id, Vespa counts {report.count_in_vespa}")
+    if not report.switched:
+        shown = ", ".join(report.failed_ids[:20])
+        raise VespaQuantError(f"not switched, queries stay on slot {report.old_slot}"
+                              + (f": {len(report.failed_ids)} updates failed ({shown})" if report.failed_ids
+                                 else ": not every document carries the new calibration"))
+    typer.echo(f"switched: queries now use slot {report.new_slot}")
 
 
 @app.command("drift")

@@ -69,6 +69,11 @@ class SearchBackend(Protocol):
 
     name: str
 
+    def served_calibration(self, method: Method, dim: int) -> Calibration | None:
+        """The calibration the backend's documents were encoded with, if it is fixed already
+        (Vespa: the manifest's active slot); None to calibrate on the corpus here."""
+        ...
+
     def search(self, method: Method, calibration: Calibration, codes: Arrays,
                queries: np.ndarray, k: int) -> BackendHits: ...
 
@@ -80,6 +85,9 @@ class LocalBackend:
     first_phase: FirstPhase = "auto"
     k1: int = 100
     name: str = "local"
+
+    def served_calibration(self, method: Method, dim: int) -> Calibration | None:
+        return None
 
     def search(self, method: Method, calibration: Calibration, codes: Arrays,
                queries: np.ndarray, k: int) -> BackendHits:
@@ -103,7 +111,12 @@ def score_hits(embedded: EmbeddedDataset, hits: Hits) -> dict[str, np.ndarray]:
 def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequence[int], *,
              rotation: str = "none", seed: int = 0, backend: SearchBackend | None = None,
              hits: int = 100, n_resamples: int = 1000, show_progress: bool = True) -> Evaluation:
-    """One result row per (dim, method); float32 is always run as the paired baseline."""
+    """One result row per (dim, method), each with a paired bootstrap against float32.
+
+    When float32 is not among ``methods`` its baseline is computed by the in-process engine
+    (exact float32 search is the same on every backend), so a Vespa evaluation of one method does
+    not require float32 to have been fed.
+    """
     backend = backend or LocalBackend()
     dataset = embedded.dataset
     query_order = sorted(dataset.qrels)
@@ -119,9 +132,11 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequenc
             ordered = [float32, *ordered]
         for method in ordered:
             started = time.perf_counter()
-            calibration = calibrate(method, docs, rotation=rotation, seed=seed)
+            runs_on = backend if method in methods else LocalBackend()
+            calibration = (runs_on.served_calibration(method, dim)
+                           or calibrate(method, docs, rotation=rotation, seed=seed))
             codes = encode(method, docs, calibration)
-            found = backend.search(method, calibration, codes, queries, hits)
+            found = runs_on.search(method, calibration, codes, queries, hits)
             values = score_hits(embedded, found.hits)
             if method.name == "float32":
                 baseline = values[NDCG]
@@ -131,7 +146,7 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequenc
             delta = paired_bootstrap(values[NDCG], baseline, n_resamples=n_resamples, seed=seed)
             row = {
                 "dataset": dataset.name, "model": embedded.model, "dim": dim, "method": method.name,
-                "rotation": rotation, "bits_per_dim": method.bits_per_dim(dim),
+                "rotation": calibration.rotation, "bits_per_dim": method.bits_per_dim(dim),
                 "bytes_per_vector": method.bytes_per_vector(dim),
                 "ndcg_at_10": float(values[NDCG].mean()),
                 "ndcg_at_10_ci": list(bootstrap_ci(values[NDCG], n_resamples=n_resamples, seed=seed)),

@@ -31,7 +31,7 @@ from vespa_quant.engine.local import FirstPhase, Hits, uses_first_phase
 from vespa_quant.errors import VespaError
 from vespa_quant.evaluate.runner import BackendHits
 from vespa_quant.feed.documents import iter_rows, query_body
-from vespa_quant.feed.manifest import manifest_entry, manifest_path, read_manifest
+from vespa_quant.feed.manifest import active_calibration, manifest_entry, manifest_path, read_manifest
 from vespa_quant.quantize.base import Arrays, Calibration, Method, hamming_query, query_inputs
 from vespa_quant.vespa_app.package import DOC_ID_FIELD, calibration_field_name
 
@@ -74,6 +74,12 @@ class VespaBackend:
         self._rows = {str(doc_id): row for row, doc_id in enumerate(self.doc_ids)}
         if len(self._rows) != len(self.doc_ids):
             raise VespaError("doc_ids contain repeats: hits could not be mapped back to rows")
+
+    def served_calibration(self, method: Method, dim: int) -> Calibration | None:
+        """The manifest's active-slot calibration: after a recalibration, queries follow it."""
+        if self.calibration_dir is None:
+            return None
+        return active_calibration(self.calibration_dir, method.name, dim)
 
     def active_slot(self, method: Method, calibration: Calibration) -> tuple[str, str]:
         """(slot, calibration id) queries of ``method`` at ``calibration.dim`` must use and see.
