@@ -78,6 +78,6 @@ def slice_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def scifact_slice_embedded(scifact_slice: Path, slice_cache: Path):
-    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.embed.embedded import load_embedded
 
     return load_embedded(scifact_slice, "all-MiniLM-L6-v2", cache_dir=slice_cache, show_progress=False)

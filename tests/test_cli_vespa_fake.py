@@ -48,7 +48,8 @@ def test_recalibrate_switches_slots_and_evaluate_follows(scifact_slice: Path, sl
     import numpy as np
 
     from vespa_quant.engine.local import search
-    from vespa_quant.evaluate.runner import load_embedded, score_hits
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.evaluate.runner import score_hits
     from vespa_quant.quantize.base import calibrate, encode
     from vespa_quant.quantize.registry import get_method
 

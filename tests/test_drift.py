@@ -23,7 +23,7 @@ from vespa_quant.drift.metrics import OCCUPANCY_EDGE, OCCUPANCY_JS, jensen_shann
 from vespa_quant.drift.runner import crossed_bootstrap
 from vespa_quant.errors import CalibrationError, VespaQuantError
 from vespa_quant.evaluate.metrics import paired_bootstrap
-from vespa_quant.evaluate.runner import EmbeddedDataset
+from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.quantize.base import calibrate
 from vespa_quant.quantize.registry import METHODS
 from vespa_quant.quantize.rotation import rotation_matrix

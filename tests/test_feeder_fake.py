@@ -34,7 +34,8 @@ import pytest
 from vespa_quant.data.beir import BeirDataset
 from vespa_quant.engine.local import Hits, search as local_search
 from vespa_quant.errors import VespaError
-from vespa_quant.evaluate.runner import EmbeddedDataset, LocalBackend, evaluate
+from vespa_quant.embed.embedded import EmbeddedDataset
+from vespa_quant.evaluate.runner import LocalBackend, evaluate
 from vespa_quant.evaluate.vespa_backend import VespaBackend
 from vespa_quant.feed.documents import decode_tensor_hex
 from vespa_quant.feed.feeder import feed, read_manifest

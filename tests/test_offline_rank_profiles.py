@@ -43,7 +43,7 @@ def test_every_profile_matches_the_engine_on_a_scifact_slice(scifact_slice_embed
 
 @pytest.mark.slow
 def test_every_profile_matches_the_engine_on_full_scifact(scifact_dir) -> None:
-    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.embed.embedded import load_embedded
 
     docs, queries = _by_dim(load_embedded(scifact_dir, "all-MiniLM-L6-v2"), n_queries=20)
     _assert_all_ok(check_profiles(load_schema(SCHEMA), list(METHODS.values()), docs, queries))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from vespa_quant.evaluate.runner import evaluate, load_embedded
+from vespa_quant.embed.embedded import load_embedded
+from vespa_quant.evaluate.runner import evaluate
 from vespa_quant.quantize.registry import get_method
 
 BRIEF_MINILM_SCIFACT = {  # research/open-questions.md, 2.1, miniLM (384d) column

@@ -61,7 +61,8 @@ def _deploy_every_method(tmp_path: Path) -> None:
 
 
 def test_vespa_ndcg_matches_local_engine(scifact: Path, tmp_path: Path) -> None:
-    from vespa_quant.evaluate.runner import LocalBackend, evaluate, load_embedded
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.evaluate.runner import LocalBackend, evaluate
     from vespa_quant.evaluate.vespa_backend import VespaBackend
     from vespa_quant.feed.feeder import feed
     from vespa_quant.quantize.registry import METHODS
@@ -96,7 +97,8 @@ def test_vespa_recalibration_switches_slots_without_disagreement(scifact: Path, 
     """Write slot b with another calibration while queries read slot a, verify, switch, compare."""
     import numpy as np
 
-    from vespa_quant.evaluate.runner import NDCG, LocalBackend, load_embedded, score_hits
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.evaluate.runner import NDCG, LocalBackend, score_hits
     from vespa_quant.evaluate.vespa_backend import VespaBackend
     from vespa_quant.feed.feeder import feed
     from vespa_quant.feed.recalibrate import switch_active_slot, verify_inactive_slot, write_inactive_slot

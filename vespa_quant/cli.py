@@ -114,7 +114,8 @@ def evaluate_command(
 ) -> None:
     """Evaluate quantization methods: NDCG@10 with bootstrap CIs, bytes/vector, paired delta vs float32."""
     from vespa_quant.evaluate.report import format_table
-    from vespa_quant.evaluate.runner import LocalBackend, evaluate, load_embedded, write_evaluation
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.evaluate.runner import LocalBackend, evaluate, write_evaluation
     from vespa_quant.quantize.registry import parse_methods
 
     chosen = parse_methods(methods)
@@ -189,7 +190,7 @@ def feed_command(
     query_embeddings: Optional[Path] = QueryEmbeddingsOption,
 ) -> None:
     """Embed (cached), calibrate, encode and feed every document; idempotent, so a re-run resumes."""
-    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.feed.feeder import feed
     from vespa_quant.quantize.registry import parse_methods
 
@@ -224,7 +225,7 @@ def recalibrate_command(
 ) -> None:
     """Re-encode every document into the inactive slot (partial updates of the code fields only),
     verify all of them in Vespa, then switch queries to it atomically."""
-    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.feed.recalibrate import recalibrate
     from vespa_quant.quantize.base import Calibration
     from vespa_quant.quantize.registry import get_method
@@ -265,7 +266,7 @@ def drift_command(
 ) -> None:
     """Streaming drift: how calibrations frozen on early documents degrade, and when to recalibrate."""
     from vespa_quant.drift.runner import format_drift_table, run_drift, write_drift
-    from vespa_quant.evaluate.runner import load_embedded
+    from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.quantize.registry import parse_methods
 
     if order not in ("random", "given"):

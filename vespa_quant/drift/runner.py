@@ -33,7 +33,8 @@ from vespa_quant.drift.metrics import drift_metrics, zero_drift
 from vespa_quant.drift.policy import RecalibrationPolicy, simulate_policy
 from vespa_quant.errors import CalibrationError, VespaQuantError
 from vespa_quant.evaluate.metrics import PairedResult, bootstrap_ci, paired_bootstrap, paired_result
-from vespa_quant.evaluate.runner import NDCG, EmbeddedDataset, LocalBackend, score_hits
+from vespa_quant.embed.embedded import EmbeddedDataset
+from vespa_quant.evaluate.runner import NDCG, LocalBackend, score_hits
 from vespa_quant.quantize.base import Calibration, Method, calibrate, encode
 from vespa_quant.quantize.registry import get_method
 

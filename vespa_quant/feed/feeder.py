@@ -32,7 +32,7 @@ from vespa.application import Vespa
 from vespa.io import VespaResponse
 
 from vespa_quant.errors import VespaError
-from vespa_quant.evaluate.runner import EmbeddedDataset
+from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.feed.documents import (
     NAMESPACE,
     SlotKey,

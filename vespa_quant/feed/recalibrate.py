@@ -42,7 +42,7 @@ from typing import Iterable
 import numpy as np
 
 from vespa_quant.errors import VespaError
-from vespa_quant.evaluate.runner import EmbeddedDataset
+from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.feed.documents import slot_calibration_count_body, update_operations
 from vespa_quant.feed.feeder import check_listening, count_documents, send_operations
 from vespa_quant.feed.manifest import (
