@@ -79,9 +79,17 @@ def test_optional_hamming_phase_for_two_bit_methods(generated) -> None:
     codes = encode(method, docs, calibration)
     narrowed = search(method, calibration, codes, queries, k=100, first_phase="hamming", k1=30)
     assert (narrowed.indices >= 0).sum(axis=1).max() == 30
-    with pytest.raises(VespaQuantError, match="no sign bits"):
-        search(get_method("int8_asym"), calibrate(get_method("int8_asym"), docs),
-               codes, queries, first_phase="hamming")
+    int8 = get_method("int8_asym")  # no sign bits: stays exhaustive under "hamming"
+    int8_cal = calibrate(int8, docs)
+    int8_codes = encode(int8, docs, int8_cal)
+    np.testing.assert_array_equal(search(int8, int8_cal, int8_codes, queries, first_phase="hamming").indices,
+                                  search(int8, int8_cal, int8_codes, queries, first_phase="none").indices)
+    rescore = get_method("binary_rescore")  # defined by its first phase: keeps it under "none"
+    rescore_cal = calibrate(rescore, docs)
+    kept = search(rescore, rescore_cal, encode(rescore, docs, rescore_cal), queries, first_phase="none", k1=30)
+    assert (kept.indices >= 0).sum(axis=1).max() == 30
+    with pytest.raises(VespaQuantError, match="auto, hamming or none"):
+        search(int8, int8_cal, int8_codes, queries, first_phase="always")
 
 
 @pytest.mark.parametrize("dim", [20, 64, 384])

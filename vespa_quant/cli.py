@@ -100,7 +100,7 @@ def evaluate_command(
     rotation: str = RotationOption,
     backend: str = typer.Option("local", "--backend", help="local: the in-process engine; vespa: query a running Vespa fed with `vespa-quant feed`."),
     endpoint: str = typer.Option("http://localhost:8080", "--endpoint", help="Vespa query endpoint for --backend vespa."),
-    first_phase: str = typer.Option("auto", "--first-phase", help="auto: Hamming first phase only for binary_hamming/binary_rescore; hamming: for every method with sign bits; none: exhaustive."),
+    first_phase: str = typer.Option("auto", "--first-phase", help="auto: Hamming first phase only for binary_hamming/binary_rescore (defined by it); hamming: also for every other method with sign bits (binary, 2-bit); none: exhaustive except those two."),
     k1: int = typer.Option(100, "--k1", help="Candidates kept per query by the Hamming first phase."),
     hits: int = typer.Option(100, "--hits", help="Hits per query scored (recall@100 needs 100)."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the queries for the 95% CIs."),

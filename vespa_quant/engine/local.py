@@ -30,16 +30,18 @@ class Hits:
 
 
 def uses_first_phase(method: Method, first_phase: FirstPhase) -> bool:
-    """``auto`` means: only methods whose definition includes the Hamming phase use it."""
-    if first_phase == "none":
-        if method.always_first_phase:
-            raise VespaQuantError(f"{method.name} is defined by its Hamming first phase; it cannot be 'none'")
-        return False
-    if first_phase == "hamming":
-        if method.hamming_role is None:
-            raise VespaQuantError(f"{method.name} stores no sign bits; a Hamming first phase is impossible")
+    """Whether ``method`` searches with a Hamming first phase under the requested policy.
+
+    ``auto``: only the methods defined by it (binary_hamming, binary_rescore). ``hamming``: also
+    every other method that stores sign bits; methods without them stay exhaustive. ``none``:
+    exhaustive wherever the phase is optional; the methods defined by it keep it, since without
+    it they would be other methods (exhaustive Hamming, or float32).
+    """
+    if first_phase not in ("auto", "hamming", "none"):
+        raise VespaQuantError(f"first phase must be auto, hamming or none, got {first_phase!r}")
+    if method.always_first_phase:
         return True
-    return method.always_first_phase
+    return first_phase == "hamming" and method.hamming_role is not None
 
 
 def _slice(codes: Arrays, start: int, stop: int) -> dict[str, np.ndarray]:

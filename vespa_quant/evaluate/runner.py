@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vespa_quant.embed.embedded import EmbeddedDataset
-from vespa_quant.engine.local import FirstPhase, Hits, search
+from vespa_quant.engine.local import FirstPhase, Hits, search, uses_first_phase
 from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap, per_query_metrics, run_from_topk
 from vespa_quant.quantize.base import Arrays, Calibration, Method, calibrate, encode
 from vespa_quant.quantize.registry import get_method
@@ -34,6 +34,8 @@ class SearchBackend(Protocol):
     """Where the search runs: codes are searched in process, or were fed to Vespa beforehand."""
 
     name: str
+    first_phase: FirstPhase
+    k1: int
 
     def served_calibration(self, method: Method, dim: int) -> Calibration | None:
         """The calibration the backend's documents were encoded with, if it is fixed already
@@ -123,6 +125,7 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequenc
                 "n_queries": len(query_order), "n_docs": len(dataset.doc_ids),
                 "disk_bytes_per_vector": method.disk_bytes_per_vector(dim),
                 "calibration_id": calibration.id, "backend": backend.name,
+                "first_phase_k1": backend.k1 if uses_first_phase(method, backend.first_phase) else None,
                 "seconds": round(time.perf_counter() - started, 3),
             }
             if found.latencies_ms is not None and len(found.latencies_ms):
