@@ -12,7 +12,8 @@ import typer
 from vespa_quant.errors import VespaQuantError
 
 app = typer.Typer(
-    help="Quantized text embeddings on Vespa: evaluate quantizers, deploy, feed, measure drift.",
+    help="Quantized text embeddings on Vespa: evaluate quantizers in process or on Vespa, deploy the "
+         "generated application package, feed, recalibrate, and measure streaming drift.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -223,8 +224,10 @@ def recalibrate_command(
     data_root: Optional[Path] = DataRootOption,
     cache_dir: Optional[Path] = CacheDirOption,
 ) -> None:
-    """Re-encode every document into the inactive slot (partial updates of the code fields only),
-    verify all of them in Vespa, then switch queries to it atomically."""
+    """Recalibrate one method on a live Vespa: rewrite the inactive slot, verify, switch atomically.
+
+    Partial updates touch only the inactive slot's code fields and calibration id; queries keep using the active slot until every document is verified to carry the new calibration.
+    """
     from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.feed.recalibrate import recalibrate
     from vespa_quant.quantize.base import Calibration
