@@ -39,3 +39,13 @@ def test_drift_cli_rejects_bad_fractions(scifact_slice: Path, slice_cache: Path)
     given = CliRunner().invoke(app, ["drift", "--dataset", str(scifact_slice), "--cache-dir", str(slice_cache),
                                      "--calibration-fraction", "1.5"])
     assert given.exit_code == 2 and "error:" in given.output
+
+
+def test_analyze_cli_on_a_scifact_slice(scifact_slice: Path, slice_cache: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["analyze", "--dataset", str(scifact_slice), "--cache-dir", str(slice_cache),
+                                      "--dims", "384,128", "--output", str(tmp_path / "analysis")])
+    assert result.exit_code == 0, result.output
+    assert "mse_lloyd_max_gauss" in result.output
+    rows = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert [row["dim"] for row in rows] == [384, 128]
+    assert (tmp_path / "analysis" / "analysis.png").stat().st_size > 0

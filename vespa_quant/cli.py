@@ -289,5 +289,26 @@ def drift_command(
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
+@app.command("analyze")
+@cli_errors
+def analyze_command(
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
+    dims: Optional[str] = DimsOption,
+    output: Path = typer.Option(Path("out/analysis"), "--output", "-o", help="Folder for analysis.json, analysis.csv and analysis.png."),
+    data_root: Optional[Path] = DataRootOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+) -> None:
+    """Research diagnostics of the corpus embeddings: per-dimension shape (kurtosis, skewness, Gaussian vs Laplace), median offset, correlation vs PCA, and quantizer MSE against rate-distortion bounds (brief Q2, Q3, Q5, Q7, Q8)."""
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.research import analyze, format_analysis, write_analysis
+
+    embedded = load_embedded(dataset, model, data_root=data_root, cache_dir=cache_dir)
+    rows = analyze(embedded, parse_dims(dims, embedded.native_dim))
+    written = write_analysis(rows, output)
+    typer.echo(format_analysis(rows))
+    typer.echo("wrote " + ", ".join(str(path) for path in written))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
