@@ -6,3 +6,9 @@ from vespa_quant.research.distributions import (
     rate_distortion_references, variance_share_curves,
 )
 from vespa_quant.research.report import analyze, analyze_vectors, format_analysis, write_analysis
+
+__all__ = [
+    "DimensionStats", "analyze", "analyze_vectors", "correlation_structure", "dimension_statistics",
+    "format_analysis", "quantization_mse", "rate_distortion_references", "variance_share_curves",
+    "write_analysis",
+]
