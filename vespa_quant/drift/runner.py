@@ -463,21 +463,10 @@ def format_drift_table(report: DriftReport) -> str:
 
 
 def _write_csv(rows: list[dict], path: Path) -> Path:
-    import csv
-    import io
-
-    from vespa_quant.evaluate.report import csv_cells, to_builtin
+    from vespa_quant.evaluate.report import csv_text
     from vespa_quant.files import atomic_write_text
 
-    records = [dict(cell for key, value in to_builtin(row).items() for cell in csv_cells(key, value))
-               for row in rows]
-    header = list(dict.fromkeys(column for record in records for column in record))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    atomic_write_text(path, buffer.getvalue())
-    return path
+    return atomic_write_text(path, csv_text(rows))
 
 
 def write_drift(report: DriftReport, out_dir: Path, *, title: str | None = None) -> list[Path]:

@@ -105,11 +105,12 @@ def results_json_text(rows: Sequence[dict]) -> str:
     return json.dumps([to_builtin(row) for row in rows], indent=2, allow_nan=False) + "\n"
 
 
-def results_csv_text(rows: Sequence[dict]) -> str:
-    """The ``results.csv`` content for ``rows``: one column per key, intervals split in two."""
-    _check_rows(rows)
+def csv_text(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """CSV of ``rows``: keys in ``columns`` order (else order of first appearance), intervals
+    split into ``_low``/``_high``, lists and dicts as JSON; one writer for every CSV we produce."""
     builtin_rows = [to_builtin(row) for row in rows]
-    columns = _column_order(builtin_rows)
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in builtin_rows for key in row))
     records = [
         dict(cell for key in columns if key in row for cell in csv_cells(key, row[key]))
         for row in builtin_rows
@@ -122,6 +123,12 @@ def results_csv_text(rows: Sequence[dict]) -> str:
     writer.writeheader()
     writer.writerows(records)
     return buffer.getvalue()
+
+
+def results_csv_text(rows: Sequence[dict]) -> str:
+    """The ``results.csv`` content for ``rows``: one column per key, intervals split in two."""
+    _check_rows(rows)
+    return csv_text(rows, _column_order([to_builtin(row) for row in rows]))
 
 
 def write_results(rows: list[dict], out_dir: Path) -> tuple[Path, Path]:

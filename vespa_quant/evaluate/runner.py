@@ -144,20 +144,14 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequenc
 
 def write_evaluation(evaluation: Evaluation, out_dir: Path, *, title: str | None = None) -> list[Path]:
     """results.json, results.csv, per_query.csv and pareto.png in ``out_dir``."""
-    import csv
-
     from vespa_quant.evaluate.plot import pareto_plot
-    from vespa_quant.evaluate.report import write_results
+    from vespa_quant.evaluate.report import csv_text, write_results
+    from vespa_quant.files import atomic_write_text
 
     out_dir = Path(out_dir)
     written = list(write_results(evaluation.rows, out_dir))
-    per_query = out_dir / "per_query.csv"
-    tmp = per_query.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["dim", "method", "query_id", "ndcg_at_10", "recall_at_100"])
-        writer.writeheader()
-        writer.writerows(evaluation.per_query)
-    tmp.replace(per_query)
+    per_query = atomic_write_text(out_dir / "per_query.csv", csv_text(
+        evaluation.per_query, ["dim", "method", "query_id", "ndcg_at_10", "recall_at_100"]))
     written.append(per_query)
     written.append(pareto_plot(evaluation.rows, out_dir / "pareto.png", title=title))
     return written

@@ -11,6 +11,7 @@ definition.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Callable, ClassVar, Mapping
 import numpy as np
 
 from vespa_quant.errors import CalibrationError, VespaQuantError
+from vespa_quant.files import atomic_write_bytes
 from vespa_quant.quantize.rotation import ROTATIONS, rotation_matrix
 
 Arrays = Mapping[str, np.ndarray]
@@ -99,16 +101,13 @@ class Calibration:
         object.__setattr__(self, "id", digest.hexdigest()[:16])
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = json.dumps(
             {"method": self.method, "dim": self.dim, "rotation": self.rotation,
              "seed": self.seed, "id": self.id}
         )
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, __meta__=np.array(meta), **dict(self.arrays))
-        tmp.replace(path)
-        return path
+        buffer = io.BytesIO()
+        np.savez(buffer, __meta__=np.array(meta), **dict(self.arrays))
+        return atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> "Calibration":

@@ -82,6 +82,7 @@ from vespa.package import (
 )
 
 from vespa_quant.errors import VespaQuantError
+from vespa_quant.files import atomic_write_text
 from vespa_quant.quantize.base import (
     Method,
     TensorField,
@@ -385,10 +386,7 @@ def write_package(
     written = []
     for relative, text in render_package(methods, dims, name, second_phase_rerank_count,
                                          recalibration_slots=recalibration_slots).items():
-        path = Path(out_root) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text.encode("utf-8"))
-        written.append(path)
+        written.append(atomic_write_text(Path(out_root) / relative, text))
     return written
 
 
