@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from vespa_quant.errors import CalibrationError
-from vespa_quant.quantize.base import Calibration, Method, calibrate, encode, rotate
+from vespa_quant.quantize.base import ROTATION_KEY, Calibration, DriftHooks, Quantizer, calibrate, encode
 
 DEGENERATE_RELATIVE_SCALE = 1e-6
 """A dimension whose spread is below this fraction of the median dimension's spread is constant."""
@@ -39,7 +39,7 @@ class DriftMetrics:
     """Drift of ``n_seen`` documents against one frozen calibration of ``method``.
 
     ``centre_shift_sigma``: mean over dimensions of ``|c_seen - c_cal| / s_cal``, with ``(c, s)``
-    the method's centre and scale (``Method.centre_scale``) of the frozen calibration and of a
+    the method's centre and scale (``Quantizer.centre_scale``) of the frozen calibration and of a
     calibration recomputed on the seen documents; ``centre_shift_sigma_max`` is the worst
     dimension. For Lloyd-Max and binary_median_asym this is exactly
     ``|median(seen) - median_cal| / sigma_cal``.
@@ -56,7 +56,7 @@ class DriftMetrics:
     ``code_change_fraction``: fraction of (document, dimension) codes of the seen documents that
     differ between the frozen calibration and the recomputed one.
 
-    Methods that need no calibration have exact zeros and ``calibration_free=True``.
+    Quantizers that need no calibration have exact zeros and ``calibration_free=True``.
     """
 
     method: str
@@ -73,7 +73,7 @@ class DriftMetrics:
         return asdict(self)
 
 
-def zero_drift(method: Method, n_seen: int) -> DriftMetrics:
+def zero_drift(method: Quantizer, n_seen: int) -> DriftMetrics:
     """The drift of a calibration-free method: none, by construction."""
     return DriftMetrics(method.name, n_seen, True, 0.0, 0.0, 0.0, 0.0, OCCUPANCY_NONE, 0.0)
 
@@ -110,19 +110,19 @@ def bucket_occupancy(buckets: np.ndarray, n_buckets: int) -> np.ndarray:
     return counts / max(n, 1)
 
 
-def _edge_codes(method: Method, constants, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def _edge_codes(method: DriftHooks, constants, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest code per dimension, found by bucketing values far outside any range."""
     extremes = np.array([[-1e30] * dim, [1e30] * dim], dtype=np.float32)
     edges = np.asarray(method.buckets(extremes, constants))
     return edges[0], edges[1]
 
 
-def _changed_codes(method: Method, frozen: Calibration, fresh: Calibration,
+def _changed_codes(method: Quantizer, frozen: Calibration, fresh: Calibration,
                    rotated: np.ndarray, seen: np.ndarray) -> float:
     """Share of (document, dimension) codes that differ; both calibrations share one rotation."""
-    before = method.buckets(rotated, frozen.arrays)
-    if before is not None:
-        after = method.buckets(rotated, fresh.arrays)
+    if isinstance(method, DriftHooks):
+        before = method.buckets(rotated, frozen.constants)
+        after = method.buckets(rotated, fresh.constants)
         return float(np.mean(np.asarray(before) != np.asarray(after)))
     # No per-dimension buckets: compare the stored cells themselves, every field together.
     old, new = encode(method, seen, frozen), encode(method, seen, fresh)
@@ -130,7 +130,7 @@ def _changed_codes(method: Method, frozen: Calibration, fresh: Calibration,
     return changed / max(sum(old[role].size for role in old), 1)
 
 
-def drift_metrics(method: Method, calibration: Calibration, seen_vectors: np.ndarray, *,
+def drift_metrics(method: Quantizer, calibration: Calibration, seen_vectors: np.ndarray, *,
                   recalibration: Calibration | None = None) -> DriftMetrics:
     """Drift of ``seen_vectors`` (unrotated, as given to ``calibrate``) against ``calibration``.
 
@@ -149,7 +149,7 @@ def drift_metrics(method: Method, calibration: Calibration, seen_vectors: np.nda
     if not method.needs_calibration:
         return zero_drift(method, len(seen))
     fresh = recalibration if recalibration is not None else calibrate(
-        method, seen, calibration.rotation, calibration.seed)
+        method, seen, calibration.rotation, calibration.seed, like=calibration)
     if (fresh.method, fresh.dim, fresh.rotation, fresh.seed) != (
             method.name, calibration.dim, calibration.rotation, calibration.seed):
         raise CalibrationError(
@@ -157,12 +157,17 @@ def drift_metrics(method: Method, calibration: Calibration, seen_vectors: np.nda
             f"seed {fresh.seed}) does not match calibration {calibration.id} ({calibration.method}, "
             f"{calibration.dim} dims, rotation {calibration.rotation} seed {calibration.seed})"
         )
-    rotated = rotate(seen, calibration).astype(np.float64)
+    if not np.array_equal(fresh.arrays.get(ROTATION_KEY, np.zeros(0)), calibration.arrays.get(ROTATION_KEY, np.zeros(0))):
+        # A learned rotation (pca) differs between corpora: compare both calibrations in the frozen space.
+        fresh = calibrate(method, seen, calibration.rotation, calibration.seed, like=calibration)
+    rotated = calibration.rotate(seen).astype(np.float64)
     seen_std = rotated.std(axis=0)
     live = live_dimensions(seen_std)
 
     centre_shift = centre_shift_max = scale_ratio = math.nan
-    frozen_cs, fresh_cs = method.centre_scale(calibration.arrays), method.centre_scale(fresh.arrays)
+    hooks = method if isinstance(method, DriftHooks) else None
+    frozen_cs = hooks.centre_scale(calibration.constants) if hooks else None
+    fresh_cs = hooks.centre_scale(fresh.constants) if hooks else None
     if frozen_cs is not None and fresh_cs is not None:
         (c_cal, s_cal), (c_seen, s_seen) = frozen_cs, fresh_cs
         unit = np.asarray(s_cal, dtype=np.float64)
@@ -177,16 +182,15 @@ def drift_metrics(method: Method, calibration: Calibration, seen_vectors: np.nda
             centre_shift = centre_shift_max = 0.0
 
     occupancy, measure = math.nan, OCCUPANCY_NONE
-    buckets = method.buckets(rotated.astype(np.float32), calibration.arrays)
-    if buckets is not None:
-        buckets = np.asarray(buckets)
-        design = method.design_occupancy(calibration.arrays)
+    if hooks is not None:
+        buckets = np.asarray(hooks.buckets(rotated.astype(np.float32), calibration.constants))
+        design = hooks.design_occupancy(calibration.constants)
         if design is not None:
             observed = bucket_occupancy(buckets, len(design))
             per_dim = jensen_shannon(observed, design)
             occupancy, measure = float(per_dim[live].mean()) if np.any(live) else 0.0, OCCUPANCY_JS
         else:
-            low, high = _edge_codes(method, calibration.arrays, calibration.dim)
+            low, high = _edge_codes(hooks, calibration.constants, calibration.dim)
             at_edge = (buckets == low[None, :]) | (buckets == high[None, :])
             occupancy = float(at_edge[:, live].mean()) if np.any(live) else 0.0
             measure = OCCUPANCY_EDGE

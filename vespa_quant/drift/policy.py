@@ -16,7 +16,7 @@ import numpy as np
 
 from vespa_quant.drift.metrics import OCCUPANCY_EDGE, OCCUPANCY_JS, DriftMetrics, drift_metrics
 from vespa_quant.errors import CalibrationError
-from vespa_quant.quantize.base import Calibration, Method, calibrate
+from vespa_quant.quantize.base import Calibration, Quantizer, calibrate
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class PolicyRun:
         return self.steps[-1].reencoded_docs if self.steps else 0
 
 
-def simulate_policy(method: Method, policy: RecalibrationPolicy, initial: Calibration,
+def simulate_policy(method: Quantizer, policy: RecalibrationPolicy, initial: Calibration,
                     initial_docs: np.ndarray, stream: np.ndarray, checkpoints: Sequence[int], *,
                     recalibrate: Callable[[int], Calibration] | None = None) -> PolicyRun:
     """Run ``policy`` over ``stream`` (documents in arrival order), checking at each checkpoint.

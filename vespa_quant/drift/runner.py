@@ -15,7 +15,7 @@ queries (brief Q6):
 3. *Does a judgement-free rule recover the cost cheaply?* :func:`simulate_policy` on the same
    stream, scored by NDCG recovered per recalibration.
 
-Methods that need no calibration have no drift by construction and are reported as such.
+Quantizers that need no calibration have no drift by construction and are reported as such.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from vespa_quant.errors import CalibrationError, VespaQuantError
 from vespa_quant.evaluate.metrics import PairedResult, bootstrap_ci, paired_bootstrap, paired_result
 from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.evaluate.runner import NDCG, LocalBackend, score_hits
-from vespa_quant.quantize.base import Calibration, Method, calibrate, encode
+from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode
 from vespa_quant.quantize.registry import get_method
 
 StreamOrder = Literal["random", "given"]
@@ -99,7 +99,7 @@ class _Scorer:
         self.backend = LocalBackend()
         self.cache: dict[tuple[str, str], np.ndarray] = {}
 
-    def __call__(self, method: Method, calibration: Calibration) -> np.ndarray:
+    def __call__(self, method: Quantizer, calibration: Calibration) -> np.ndarray:
         key = (method.name, calibration.id)
         if key not in self.cache:
             codes = encode(method, self.docs, calibration)
@@ -174,7 +174,7 @@ class _Setup:
         return self.checkpoints if self.cross_domain else [n for n in self.checkpoints if n > self.n_initial]
 
 
-def run_drift(embedded: EmbeddedDataset, methods: Sequence[Method], fractions: Sequence[float],
+def run_drift(embedded: EmbeddedDataset, methods: Sequence[Quantizer], fractions: Sequence[float],
               order: StreamOrder = "random", seed: int = 0,
               calibrate_on: EmbeddedDataset | None = None, steps: int = 10,
               n_resamples: int = 1000, *, rotation: str = "none", dim: int | None = None,
@@ -256,7 +256,7 @@ def run_drift(embedded: EmbeddedDataset, methods: Sequence[Method], fractions: S
     return report
 
 
-def _run_method(setup: _Setup, method: Method, fractions: list[float], policy: RecalibrationPolicy,
+def _run_method(setup: _Setup, method: Quantizer, fractions: list[float], policy: RecalibrationPolicy,
                 report: DriftReport) -> None:
     """Append ``method``'s fraction, checkpoint and policy rows to ``report``."""
     free = not method.needs_calibration
@@ -389,7 +389,7 @@ def significance_sentence(report: DriftReport) -> str:
     repeats = report.settings.get("repeats", 1)
     test = ("paired bootstrap over queries" if repeats == 1 else
             f"mean of {repeats} calibration draws, bootstrap over draws and queries")
-    head = (f"Methods losing significant NDCG@10 when calibrated on {_percent(smallest)} of {where} vs "
+    head = (f"Quantizers losing significant NDCG@10 when calibrated on {_percent(smallest)} of {where} vs "
             f"100% of {report.settings['dataset']} ({test}, 95% CI of the delta excludes 0): {listed(losing)}.")
     parts = [head]
     if gaining:

@@ -1,98 +1,95 @@
-"""The in-process engine: exact two-phase search over codes, the embedded default backend.
+"""The in-process engine: exact search with the same two-phase semantics as the Vespa profiles.
 
-Same semantics as the Vespa rank profiles: an optional first phase keeps, per query, the ``k1``
-documents nearest in Hamming distance on the method's packed sign bits (Vespa: exact
-``nearestNeighbor`` with ``targetHits: k1``); the method's own score then ranks those (or every
-document when there is no first phase). Work is blockwise over documents to bound memory
-(the pattern of faiss ``contrib/exhaustive_search.py``).
+Two modes, the same two a Vespa rank profile has (:mod:`vespa_quant.vespa.package`):
+
+* **two-phase** (``k1`` given): the Hamming top-``k1`` on packed sign bits (the method's own, or
+  the shared sign bits of the raw vector for methods that store none; Vespa: ``nearestNeighbor``
+  with ``targetHits: k1`` and ``first-phase: closeness``), then the method's asymmetric score on
+  exactly those ``k1`` candidates (Vespa: ``global-phase`` with ``rerank-count: k1``);
+* **exhaustive** (``k1`` None): the method's score over every document. Methods defined by the
+  Hamming first phase (binary_hamming, binary_rescore) always use it (``k1`` defaults to 100).
+
+Ties. At the ``k1``-th Hamming distance the lowest document rows win; among equal final scores
+the lowest row ranks first. Vespa keeps, on each content node, the first documents it visits
+(local id order) at the threshold distance, and orders equal global-phase scores by the order the
+hits arrived in; with a single node fed in row order the two agree, otherwise only tied documents
+can differ (the comparison tests tolerate exact ties and nothing else, STYLE 16).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from vespa_quant.engine import scan
 from vespa_quant.errors import VespaQuantError
-from vespa_quant.quantize.base import Arrays, Calibration, Method, hamming_query, query_inputs
-from vespa_quant.quantize.bits import hamming_distances
+from vespa_quant.quantize.base import (
+    Arrays,
+    Calibration,
+    Quantizer,
+    doc_view,
+    first_phase_query,
+    query_view,
+    sign_role,
+)
 
-FirstPhase = Literal["auto", "hamming", "none"]
+DEFAULT_K1 = 100
 
 
 @dataclass(frozen=True)
 class Hits:
-    """Per query, the ``k`` best documents (row indices into the corpus) and their scores."""
+    """Per query, the ``k`` best documents (row indices into the corpus, -1 = none) and their scores."""
 
     indices: np.ndarray
     scores: np.ndarray
 
 
-def uses_first_phase(method: Method, first_phase: FirstPhase) -> bool:
-    """Whether ``method`` searches with a Hamming first phase under the requested policy.
+def check_search_counts(k: int, k1: int | None) -> None:
+    if k < 1:
+        raise VespaQuantError(f"hits per query must be at least 1, got {k}")
+    if k1 is not None and k1 < 1:
+        raise VespaQuantError(f"k1 (first-phase candidates per query) must be at least 1, got {k1}")
 
-    ``auto``: only the methods defined by it (binary_hamming, binary_rescore). ``hamming``: also
-    every other method that stores sign bits; methods without them stay exhaustive. ``none``:
-    exhaustive wherever the phase is optional; the methods defined by it keep it, since without
-    it they would be other methods (exhaustive Hamming, or float32).
+
+class LocalIndex:
+    """One method's encoded corpus, prepared once for any number of searches.
+
+    ``signs`` are the shared sign bits (:func:`~vespa_quant.quantize.base.shared_sign_bits` of the raw documents); they are
+    needed only for a two-phase search of a method that stores no sign bits of its own.
     """
-    if first_phase not in ("auto", "hamming", "none"):
-        raise VespaQuantError(f"first phase must be auto, hamming or none, got {first_phase!r}")
-    if method.always_first_phase:
-        return True
-    return first_phase == "hamming" and method.hamming_role is not None
+
+    def __init__(self, method: Quantizer, calibration: Calibration, codes: Arrays,
+                 signs: np.ndarray | None = None) -> None:
+        self.method, self.calibration = method, calibration
+        self.n_docs = len(next(iter(codes.values())))
+        self.scorer = scan.DocScorer(doc_view(method, codes, calibration))
+        role = sign_role(method)
+        bits = codes[role] if role is not None else signs
+        self.first_phase_bits = None if bits is None else scan.PackedBits(bits)
+
+    def candidates(self, queries: np.ndarray, k1: int) -> np.ndarray:
+        """(nq, min(k1, n)) rows of the Hamming top-``k1`` (ties: lowest rows)."""
+        if self.first_phase_bits is None:
+            raise VespaQuantError(f"{self.method.name} stores no sign bits and no shared sign bits were "
+                                  "given: a two-phase search needs one of them")
+        return self.first_phase_bits.topk(first_phase_query(self.method, queries, self.calibration), k1)[1]
+
+    def search(self, queries: np.ndarray, k: int = 100, k1: int | None = None) -> Hits:
+        """Top-``k`` per query, by descending score (exhaustive, or two-phase with ``k1``)."""
+        check_search_counts(k, k1)
+        if self.method.always_first_phase and k1 is None:
+            k1 = DEFAULT_K1
+        view = query_view(self.method, queries, self.calibration)
+        if k1 is None:
+            scores, rows = self.scorer.topk(view, k)
+        else:
+            candidates = self.candidates(queries, k1)
+            scores, rows = scan.rerank(self.scorer.scores_at(view, candidates), candidates, k)
+        return Hits(rows, scores)
 
 
-def _slice(codes: Arrays, start: int, stop: int) -> dict[str, np.ndarray]:
-    return {role: array[start:stop] for role, array in codes.items()}
-
-
-def _merge_top_k(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if scores.shape[1] > k:
-        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        scores = np.take_along_axis(scores, keep, axis=1)
-        indices = np.take_along_axis(indices, keep, axis=1)
-    return scores, indices
-
-
-def first_phase_candidates(method: Method, calibration: Calibration, codes: Arrays,
-                           queries: np.ndarray, k1: int) -> np.ndarray:
-    """(n_queries, n_docs) boolean mask of the Hamming top-``k1`` documents of each query."""
-    distances = hamming_distances(hamming_query(method, queries, calibration), codes[method.hamming_role])
-    n_docs = distances.shape[1]
-    mask = np.zeros(distances.shape, dtype=bool)
-    if k1 >= n_docs:
-        mask[:] = True
-        return mask
-    nearest = np.argpartition(distances, k1 - 1, axis=1)[:, :k1]
-    np.put_along_axis(mask, nearest, True, axis=1)
-    return mask
-
-
-def search(method: Method, calibration: Calibration, codes: Arrays, queries: np.ndarray, *,
-           k: int = 100, first_phase: FirstPhase = "auto", k1: int = 100,
-           block_size: int = 16384) -> Hits:
-    """Top-``k`` documents per query, sorted by descending score."""
-    inputs = query_inputs(method, queries, calibration)
-    n_docs = len(next(iter(codes.values())))
-    candidates = (
-        first_phase_candidates(method, calibration, codes, queries, k1)
-        if uses_first_phase(method, first_phase) else None
-    )
-    best_scores = np.full((len(queries), 0), -np.inf)
-    best_indices = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, n_docs, block_size):
-        stop = min(start + block_size, n_docs)
-        scores = method.score(inputs, _slice(codes, start, stop))
-        if candidates is not None:
-            scores = np.where(candidates[:, start:stop], scores, -np.inf)
-        indices = np.broadcast_to(np.arange(start, stop), scores.shape)
-        best_scores, best_indices = _merge_top_k(
-            np.concatenate([best_scores, scores], axis=1),
-            np.concatenate([best_indices, indices], axis=1), k,
-        )
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    scores = np.take_along_axis(best_scores, order, axis=1)
-    indices = np.take_along_axis(best_indices, order, axis=1)
-    return Hits(np.where(np.isfinite(scores), indices, -1), scores)
+def search(method: Quantizer, calibration: Calibration, codes: Arrays, queries: np.ndarray, *,
+           k: int = 100, k1: int | None = None, signs: np.ndarray | None = None) -> Hits:
+    """Top-``k`` documents per query (see :class:`LocalIndex`)."""
+    return LocalIndex(method, calibration, codes, signs).search(queries, k=k, k1=k1)

@@ -16,9 +16,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vespa_quant.embed.embedded import EmbeddedDataset
-from vespa_quant.engine.local import FirstPhase, Hits, search, uses_first_phase
+from vespa_quant.engine.local import DEFAULT_K1, Hits, check_search_counts, search
 from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap, per_query_metrics, run_from_topk
-from vespa_quant.quantize.base import Arrays, Calibration, Method, calibrate, encode
+from vespa_quant.quantize.base import (
+    Arrays,
+    Calibration,
+    Quantizer,
+    bits_per_dim,
+    bytes_per_vector,
+    calibrate,
+    disk_bytes_per_vector,
+    encode,
+    shared_sign_bits,
+)
 from vespa_quant.quantize.registry import get_method
 
 NDCG, RECALL = "ndcg_cut_10", "recall_100"
@@ -31,36 +41,36 @@ class BackendHits:
 
 
 class SearchBackend(Protocol):
-    """Where the search runs: codes are searched in process, or were fed to Vespa beforehand."""
+    """Where the search runs: codes are searched in process, or were fed to Vespa beforehand.
+
+    ``k1`` None is the exhaustive mode, else the two-phase mode with ``k1`` Hamming candidates
+    (:mod:`vespa_quant.engine.local`; Vespa: the method's two profiles). ``signs`` are the
+    shared sign bits of the raw documents, the first-phase bits of methods without their own.
+    """
 
     name: str
-    first_phase: FirstPhase
-    k1: int
 
-    def served_calibration(self, method: Method, dim: int) -> Calibration | None:
+    def served_calibration(self, method: Quantizer, dim: int) -> Calibration | None:
         """The calibration the backend's documents were encoded with, if it is fixed already
         (Vespa: the manifest's active slot); None to calibrate on the corpus here."""
         ...
 
-    def search(self, method: Method, calibration: Calibration, codes: Arrays,
-               queries: np.ndarray, k: int) -> BackendHits: ...
+    def search(self, method: Quantizer, calibration: Calibration, codes: Arrays, queries: np.ndarray,
+               k: int, k1: int | None = None, signs: np.ndarray | None = None) -> BackendHits: ...
 
 
 @dataclass
 class LocalBackend:
     """The in-process engine (:mod:`vespa_quant.engine.local`)."""
 
-    first_phase: FirstPhase = "auto"
-    k1: int = 100
     name: str = "local"
 
-    def served_calibration(self, method: Method, dim: int) -> Calibration | None:
+    def served_calibration(self, method: Quantizer, dim: int) -> Calibration | None:
         return None
 
-    def search(self, method: Method, calibration: Calibration, codes: Arrays,
-               queries: np.ndarray, k: int) -> BackendHits:
-        return BackendHits(search(method, calibration, codes, queries, k=k,
-                                  first_phase=self.first_phase, k1=self.k1))
+    def search(self, method: Quantizer, calibration: Calibration, codes: Arrays, queries: np.ndarray,
+               k: int, k1: int | None = None, signs: np.ndarray | None = None) -> BackendHits:
+        return BackendHits(search(method, calibration, codes, queries, k=k, k1=k1, signs=signs))
 
 
 @dataclass
@@ -76,56 +86,64 @@ def score_hits(embedded: EmbeddedDataset, hits: Hits) -> dict[str, np.ndarray]:
     return per_query_metrics(dataset.qrels, run, (NDCG, RECALL)).values
 
 
-def evaluate(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequence[int], *,
+def float32_baseline(embedded: EmbeddedDataset, dim: int, hits: int = 100) -> np.ndarray:
+    """Per-query NDCG@10 of exhaustive float32 search in process: what every method is compared with.
+
+    Exact float32 search is the same on every backend, so a Vespa evaluation of one method
+    needs no float32 fed, and a two-phase row is compared with the true float32 ranking.
+    """
+    docs, queries = embedded.at_dim(dim)
+    float32 = get_method("float32")
+    calibration = calibrate(float32, docs[:1])
+    hits_found = search(float32, calibration, {"vector": np.asarray(docs, dtype=np.float32)}, queries, k=hits)
+    return score_hits(embedded, hits_found)[NDCG]
+
+
+def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
              rotation: str = "none", seed: int = 0, backend: SearchBackend | None = None,
-             hits: int = 100, n_resamples: int = 1000, show_progress: bool = True) -> Evaluation:
+             hits: int = 100, k1: int | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0,
+             show_progress: bool = True) -> Evaluation:
     """One result row per (dim, method), each with a paired bootstrap against float32.
 
-    When float32 is not among ``methods`` its baseline is computed by the in-process engine
-    (exact float32 search is the same on every backend), so a Vespa evaluation of one method does
-    not require float32 to have been fed.
+    The baseline is :func:`float32_baseline`. ``seed`` seeds rotations and calibration samples,
+    ``bootstrap_seed`` the query resampling of the CIs, so one can vary without the other.
     """
+    check_search_counts(hits, k1)
     backend = backend or LocalBackend()
     dataset = embedded.dataset
     query_order = sorted(dataset.qrels)
     evaluation = Evaluation()
-    float32 = get_method("float32")
     jobs = [(dim, method) for dim in dims for method in methods]
     progress = tqdm(total=len(jobs), desc="evaluate", unit="method", disable=not show_progress)
     for dim in dims:
         docs, queries = embedded.at_dim(dim)
-        baseline: np.ndarray | None = None
-        ordered = sorted(methods, key=lambda m: m.name != "float32")
-        if float32 not in ordered:
-            ordered = [float32, *ordered]
-        for method in ordered:
+        signs = shared_sign_bits(docs) if k1 is not None else None
+        baseline = float32_baseline(embedded, dim, hits)
+        for method in methods:
             started = time.perf_counter()
-            runs_on = backend if method in methods else LocalBackend()
-            calibration = (runs_on.served_calibration(method, dim)
+            calibration = (backend.served_calibration(method, dim)
                            or calibrate(method, docs, rotation=rotation, seed=seed))
             codes = encode(method, docs, calibration)
-            found = runs_on.search(method, calibration, codes, queries, hits)
+            method_k1 = DEFAULT_K1 if k1 is None and method.always_first_phase else k1
+            found = backend.search(method, calibration, codes, queries, hits, k1=method_k1, signs=signs)
+            del codes
             values = score_hits(embedded, found.hits)
-            if method.name == "float32":
-                baseline = values[NDCG]
-            if method not in methods:
-                continue
             progress.set_postfix_str(f"{method.name}@{dim}")
-            delta = paired_bootstrap(values[NDCG], baseline, n_resamples=n_resamples, seed=seed)
+            delta = paired_bootstrap(values[NDCG], baseline, n_resamples=n_resamples, seed=bootstrap_seed)
             row = {
                 "dataset": dataset.name, "model": embedded.model, "dim": dim, "method": method.name,
-                "rotation": calibration.rotation, "bits_per_dim": method.bits_per_dim(dim),
-                "bytes_per_vector": method.bytes_per_vector(dim),
+                "rotation": calibration.rotation, "bits_per_dim": bits_per_dim(method, dim),
+                "bytes_per_vector": bytes_per_vector(method, dim),
                 "ndcg_at_10": float(values[NDCG].mean()),
-                "ndcg_at_10_ci": list(bootstrap_ci(values[NDCG], n_resamples=n_resamples, seed=seed)),
+                "ndcg_at_10_ci": list(bootstrap_ci(values[NDCG], n_resamples=n_resamples, seed=bootstrap_seed)),
                 "recall_at_100": float(values[RECALL].mean()),
                 "delta_vs_float32": delta.delta_mean,
                 "delta_vs_float32_ci": [delta.ci_low, delta.ci_high],
                 "delta_vs_float32_p": delta.p_value,
                 "n_queries": len(query_order), "n_docs": len(dataset.doc_ids),
-                "disk_bytes_per_vector": method.disk_bytes_per_vector(dim),
+                "disk_bytes_per_vector": disk_bytes_per_vector(method, dim),
                 "calibration_id": calibration.id, "backend": backend.name,
-                "first_phase_k1": backend.k1 if uses_first_phase(method, backend.first_phase) else None,
+                "first_phase_k1": method_k1,
                 "seconds": round(time.perf_counter() - started, 3),
             }
             if found.latencies_ms is not None and len(found.latencies_ms):

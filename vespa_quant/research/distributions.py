@@ -28,8 +28,8 @@ from scipy import stats
 
 from vespa_quant.drift.metrics import live_dimensions
 from vespa_quant.errors import VespaQuantError
-from vespa_quant.quantize.base import Method, calibrate
-from vespa_quant.quantize.four_level import FourLevel
+from vespa_quant.quantize.base import DriftHooks, Quantizer, calibrate
+from vespa_quant.quantize.methods.scalar_table import ScalarTable
 from vespa_quant.quantize.registry import get_method
 
 DEFAULT_KS: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
@@ -39,7 +39,7 @@ variance shares; values above the vectors' dim are skipped."""
 RECONSTRUCTION_METHODS: tuple[str, ...] = (
     "lloyd_max_gauss", "lloyd_max_empir", "quaternary_asym", "binary_median_asym", "binary_asym",
 )
-"""Methods :func:`quantization_mse` can reconstruct: the 2-bit table methods and the two
+"""Quantizers :func:`quantization_mse` can reconstruct: the 2-bit table methods and the two
 asymmetric sign-bit methods (``binary_hamming``/``binary_rescore`` store the same bits as
 ``binary_asym`` but do not score through a reconstruction)."""
 
@@ -254,10 +254,10 @@ def rate_distortion_references(vectors: np.ndarray, bits: Iterable[int] = RATE_B
     return references
 
 
-def reconstruction_table(method: Method, corpus: np.ndarray, constants) -> np.ndarray:
+def reconstruction_table(method: Quantizer, corpus: np.ndarray, constants) -> np.ndarray:
     """(d, K) value each code of ``method`` stands for, in the input space.
 
-    Four-level methods have one (:meth:`FourLevel.table`). The sign-bit methods score with a
+    Multi-level table methods have one (their fitted ``levels``). The sign-bit methods score with a
     +/-1 code around a centre ``c`` (the median for ``binary_median_asym``, 0 for
     ``binary_asym``); the 2-level Lloyd reconstruction with that fixed boundary is taken as
     ``c -/+ E|x - c|`` per dim, ``E`` over ``corpus`` (brief 1.3: exact for a distribution
@@ -265,9 +265,9 @@ def reconstruction_table(method: Method, corpus: np.ndarray, constants) -> np.nd
     asymmetric score implies one common scale for all dims, which the query absorbs only when
     every dim has the same ``E|x - c|``.
     """
-    if isinstance(method, FourLevel):
-        return np.asarray(method.table(constants), dtype=np.float64)
-    if method.name in SIGN_BIT_METHODS:
+    if isinstance(method, ScalarTable) and method.bits > 1:
+        return method.fit.reconstruction(constants)
+    if isinstance(method, ScalarTable) and method.name in SIGN_BIT_METHODS:
         centre_scale = method.centre_scale(constants)
         centre = np.zeros(corpus.shape[1]) if centre_scale is None else np.asarray(centre_scale[0], np.float64)
         spread = np.mean(np.abs(corpus - centre), axis=0)
@@ -277,11 +277,11 @@ def reconstruction_table(method: Method, corpus: np.ndarray, constants) -> np.nd
     )
 
 
-def _resolve(methods: Iterable[Method | str]) -> list[Method]:
+def _resolve(methods: Iterable[Quantizer | str]) -> list[Quantizer]:
     return [get_method(method) if isinstance(method, str) else method for method in methods]
 
 
-def quantization_mse(vectors: np.ndarray, methods: Iterable[Method | str] = RECONSTRUCTION_METHODS,
+def quantization_mse(vectors: np.ndarray, methods: Iterable[Quantizer | str] = RECONSTRUCTION_METHODS,
                      bits: Iterable[int] = RATE_BITS) -> dict[str, float]:
     """Reconstruction MSE of each method over the live dims of ``vectors``, divided by their total
     variance, plus :func:`rate_distortion_references` (research brief Q7, Part V 8).
@@ -298,12 +298,14 @@ def quantization_mse(vectors: np.ndarray, methods: Iterable[Method | str] = RECO
     columns = np.arange(active.shape[1])[None, :]
     result: dict[str, float] = {}
     for method in _resolve(methods):
+        if not isinstance(method, DriftHooks):
+            raise VespaQuantError(f"{method.name} assigns no per-dimension codes to reconstruct")
         calibration = calibrate(method, active)
-        table = reconstruction_table(method, active, calibration.arrays)
+        table = reconstruction_table(method, active, calibration.constants)
         squared_error = 0.0
         for start in range(0, len(active), ROW_BLOCK):
             block = active[start:start + ROW_BLOCK]
-            codes = method.buckets(block.astype(np.float32), calibration.arrays).astype(np.intp)
+            codes = np.asarray(method.buckets(block.astype(np.float32), calibration.constants)).astype(np.intp)
             squared_error += float(np.sum((block - table[columns, codes]) ** 2))
         result[method.name] = squared_error / total_variance
     result.update(rate_distortion_references(active, bits))

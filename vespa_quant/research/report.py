@@ -24,7 +24,7 @@ from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.errors import VespaQuantError
 from vespa_quant.evaluate.report import csv_cells, to_builtin
 from vespa_quant.files import atomic_write_text, save_figure
-from vespa_quant.quantize.base import Method
+from vespa_quant.quantize.base import Quantizer
 from vespa_quant.research.distributions import (
     DEFAULT_KS, RATE_BITS, RECONSTRUCTION_METHODS, correlation_structure, dimension_statistics,
     quantization_mse, variance_share_curves,
@@ -44,7 +44,7 @@ MSE_PREFIX = "mse_"
 
 
 def analyze_vectors(vectors: np.ndarray, *, dataset: str = "", model: str = "",
-                    methods: Iterable[Method | str] = RECONSTRUCTION_METHODS,
+                    methods: Iterable[Quantizer | str] = RECONSTRUCTION_METHODS,
                     ks: Iterable[int] = DEFAULT_KS, bits: Iterable[int] = RATE_BITS) -> dict[str, Any]:
     """One analysis row for corpus ``vectors`` (n, d): identity, distribution summary,
     correlation structure, normalised MSE per method and rate-distortion references, and the
@@ -69,7 +69,7 @@ def analyze_vectors(vectors: np.ndarray, *, dataset: str = "", model: str = "",
 
 
 def analyze(embedded: EmbeddedDataset, dims: Iterable[int], *,
-            methods: Iterable[Method | str] = RECONSTRUCTION_METHODS,
+            methods: Iterable[Quantizer | str] = RECONSTRUCTION_METHODS,
             ks: Iterable[int] = DEFAULT_KS, bits: Iterable[int] = RATE_BITS) -> list[dict[str, Any]]:
     """Analyse ``embedded``'s corpus vectors at each Matryoshka dim in ``dims`` (truncated and
     re-normalised by :meth:`EmbeddedDataset.at_dim`), one row per dim in the order given.

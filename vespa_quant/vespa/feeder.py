@@ -33,15 +33,16 @@ from vespa.io import VespaResponse
 
 from vespa_quant.errors import VespaError
 from vespa_quant.embed.embedded import EmbeddedDataset
-from vespa_quant.feed.documents import (
-    NAMESPACE,
+from vespa_quant.quantize.base import shared_sign_bits, sign_role
+from vespa_quant.vespa.naming import DOCUMENT_TYPE, NAMESPACE
+from vespa_quant.vespa.wire import (
     SlotKey,
     calibration_set_id,
     dataset_document_id,
     documents_count_body,
     feed_documents,
 )
-from vespa_quant.feed.manifest import (
+from vespa_quant.vespa.manifest import (
     MANIFEST,
     load_slot_calibration,
     manifest_entry,
@@ -49,8 +50,7 @@ from vespa_quant.feed.manifest import (
     save_calibration,
     write_manifest,
 )
-from vespa_quant.quantize.base import Calibration, Method, calibrate, encode
-from vespa_quant.vespa_app.package import DOCUMENT_TYPE
+from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode
 
 __all__ = ["MANIFEST", "FeedReport", "SendOutcome", "check_listening", "count_documents", "feed",
            "read_manifest", "send_operations"]
@@ -178,7 +178,7 @@ def send_operations(url: str, doc_ids: Sequence[str], operations: Callable[[np.n
     return SendOutcome(n_ok, failed, {doc_id: errors[doc_id] for doc_id in failed})
 
 
-def _check_request(methods: Sequence[Method], dims: Sequence[int], concurrency: int, max_retries: int) -> None:
+def _check_request(methods: Sequence[Quantizer], dims: Sequence[int], concurrency: int, max_retries: int) -> None:
     if not methods or not dims:
         raise VespaError("feed needs at least one method and one dim")
     names = [method.name for method in methods]
@@ -197,7 +197,7 @@ def _dataset_record(embedded: EmbeddedDataset) -> dict:
     }
 
 
-def _fresh_calibrations(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequence[int], *,
+def _fresh_calibrations(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
                         rotation: str, seed: int, calibration_dir: Path) -> tuple[dict, dict[SlotKey, Calibration]]:
     """Calibrate every method x dim on the corpus; the manifest puts each in slot ``a``, active."""
     Path(calibration_dir).mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def _fresh_calibrations(embedded: EmbeddedDataset, methods: Sequence[Method], di
     return manifest, by_slot
 
 
-def _kept_calibrations(embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequence[int], *,
+def _kept_calibrations(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
                        calibration_dir: Path) -> tuple[dict, dict[SlotKey, Calibration]]:
     """Every slot's calibration as the manifest records it, for exactly the methods x dims it lists.
 
@@ -243,7 +243,7 @@ def _kept_calibrations(embedded: EmbeddedDataset, methods: Sequence[Method], dim
     return {**manifest, **_dataset_record(embedded)}, by_slot
 
 
-def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Method], dims: Sequence[int], *,
+def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
          rotation: str = "none", seed: int = 0, calibration_dir: Path, keep_calibrations: bool = False,
          concurrency: int = 8, max_retries: int = 3, retry_wait: float = 0.5,
          progress: bool = True) -> FeedReport:
@@ -281,12 +281,16 @@ def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Method], dim
     doc_ids = list(embedded.dataset.doc_ids)
     by_name = {method.name: method for method in methods}
     calibration_ids = {key: calibration.id for key, calibration in by_slot.items()}
+    signs = ({dim: shared_sign_bits(embedded.at_dim(dim)[0]) for dim in dims}
+             if any(sign_role(method) is None for method in methods) else {})
 
     def operations(rows: np.ndarray) -> Iterable[dict]:
-        subset = codes if len(rows) == len(doc_ids) else {
+        whole = len(rows) == len(doc_ids)
+        subset = codes if whole else {
             key: {role: array[rows] for role, array in by_role.items()} for key, by_role in codes.items()
         }
-        return feed_documents([doc_ids[i] for i in rows], subset, by_name, calibration_ids)
+        return feed_documents([doc_ids[i] for i in rows], subset, by_name, calibration_ids,
+                              signs if whole else {dim: bits[rows] for dim, bits in signs.items()})
 
     sent = send_operations(url, doc_ids, operations, operation_type="feed", concurrency=concurrency,
                            max_retries=max_retries, retry_wait=retry_wait, progress=progress, desc="feed")

@@ -1,14 +1,14 @@
 """The Vespa search backend: the same queries as the local engine, answered by a live Vespa.
 
-Documents are fed beforehand (:mod:`vespa_quant.feed.feeder`); here each query becomes one
-``POST /search/`` body (:func:`vespa_quant.feed.documents.query_body`) on the method's rank
+Documents are fed beforehand (:mod:`vespa_quant.vespa.feeder`); here each query becomes one
+``POST /search/`` body (:func:`vespa_quant.vespa.documents.query_body`) on the method's rank
 profile, sent concurrently from a thread pool with one ``requests`` session per thread. 429, 502,
 503 and 504 (soft timeout is off, so an overloaded query fails with 504 rather than returning a
 truncated ranking) and dropped connections are retried with exponential backoff. Each hit's
 ``doc_id`` field maps back to a corpus row.
 
 Calibration slots: a calibrated method's documents hold two code slots, and the calibration
-manifest says which one is active (:mod:`vespa_quant.feed.manifest`). Each search reads the
+manifest says which one is active (:mod:`vespa_quant.vespa.manifest`). Each search reads the
 manifest once and sends every query of the batch to the active slot's rank profile; every hit
 returns that slot's calibration id, which must be the manifest's (and the query's), so scores from
 codes of another calibration can never be reported. A recalibration rewrites only the inactive
@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from vespa_quant.engine.local import FirstPhase, Hits, uses_first_phase
+from vespa_quant.engine.local import DEFAULT_K1, Hits
 from vespa_quant.errors import VespaError
 from vespa_quant.evaluate.runner import BackendHits
-from vespa_quant.feed.documents import iter_rows, query_body
-from vespa_quant.feed.manifest import active_calibration, manifest_entry, manifest_path, read_manifest
-from vespa_quant.quantize.base import Arrays, Calibration, Method, hamming_query, query_inputs
-from vespa_quant.vespa_app.package import DOC_ID_FIELD, calibration_field_name
+from vespa_quant.quantize.base import Arrays, Calibration, Quantizer, first_phase_query, query_inputs
+from vespa_quant.vespa.manifest import active_calibration, manifest_entry, manifest_path, read_manifest
+from vespa_quant.vespa.naming import DOC_ID_FIELD, calibration_field_name
+from vespa_quant.vespa.wire import iter_rows, query_body
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
@@ -59,8 +59,6 @@ class VespaBackend:
 
     endpoint: str
     doc_ids: list[str]
-    first_phase: FirstPhase = "auto"
-    k1: int = 100
     concurrency: int = 8
     calibration_dir: Path | None = None
     timeout: float = 10.0
@@ -75,13 +73,13 @@ class VespaBackend:
         if len(self._rows) != len(self.doc_ids):
             raise VespaError("doc_ids contain repeats: hits could not be mapped back to rows")
 
-    def served_calibration(self, method: Method, dim: int) -> Calibration | None:
+    def served_calibration(self, method: Quantizer, dim: int) -> Calibration | None:
         """The manifest's active-slot calibration: after a recalibration, queries follow it."""
         if self.calibration_dir is None:
             return None
         return active_calibration(self.calibration_dir, method.name, dim)
 
-    def active_slot(self, method: Method, calibration: Calibration) -> tuple[str, str]:
+    def active_slot(self, method: Quantizer, calibration: Calibration) -> tuple[str, str]:
         """(slot, calibration id) queries of ``method`` at ``calibration.dim`` must use and see.
 
         From the manifest when there is one, after checking the query's calibration is the one
@@ -101,18 +99,19 @@ class VespaBackend:
             )
         return slot, fed["id"]
 
-    def search(self, method: Method, calibration: Calibration, codes: Arrays,
-               queries: np.ndarray, k: int) -> BackendHits:
+    def search(self, method: Quantizer, calibration: Calibration, codes: Arrays,
+               queries: np.ndarray, k: int, k1: int | None = None) -> BackendHits:
         n_docs = len(next(iter(codes.values())))
         if n_docs != len(self.doc_ids):
             raise VespaError(f"codes hold {n_docs} documents but the backend knows {len(self.doc_ids)} doc ids")
         slot, expected = self.active_slot(method, calibration)
         stored_field = calibration_field_name(method.name, calibration.dim, slot) if method.needs_calibration else None
-        first_phase = uses_first_phase(method, self.first_phase)
-        hits = min(k, self.k1) if first_phase else k
-        nn = hamming_query(method, queries, calibration) if first_phase else None
+        if k1 is None and method.always_first_phase:
+            k1 = DEFAULT_K1
+        hits = k if k1 is None else min(k, k1)
+        nn = None if k1 is None else first_phase_query(method, queries, calibration)
         bodies = [
-            query_body(method, calibration.dim, row, hits=hits, first_phase=first_phase, k1=self.k1,
+            query_body(method, calibration.dim, row, hits=hits, k1=k1,
                        nn_query=None if nn is None else nn[i], timeout=self.timeout, slot=slot)
             for i, row in enumerate(iter_rows(query_inputs(method, queries, calibration)))
         ]

@@ -19,7 +19,7 @@ from typing import Callable
 import requests
 
 from vespa_quant.errors import VespaError
-from vespa_quant.vespa_app.package import zip_application
+from vespa_quant.vespa.services import zip_application
 
 DEFAULT_CONFIG_URL = "http://localhost:19071"
 DEFAULT_QUERY_URL = "http://localhost:8080"

@@ -9,7 +9,7 @@ document holds in that slot and the ``.npz`` file of that calibration::
      "calibrations": [{"method": "int8_asym", "dim": 384, "active_slot": "a",
                        "slots": {"a": {"id": "3f0c...", "file": "int8_asym_384_3f0c....npz"}}}]}
 
-The active slot is the one switch of a recalibration (:mod:`vespa_quant.feed.recalibrate`):
+The active slot is the one switch of a recalibration (:mod:`vespa_quant.vespa.recalibrate`):
 queries pick their rank profile and expected calibration id from it, so flipping it is what moves
 queries from one calibration to the next. Files are named by calibration id, so a file a manifest
 names is never overwritten with other constants, and the manifest is replaced atomically
@@ -27,7 +27,8 @@ from pathlib import Path
 
 from vespa_quant.errors import CalibrationError, VespaError
 from vespa_quant.files import atomic_write_text
-from vespa_quant.quantize.base import SLOTS, Calibration
+from vespa_quant.quantize.base import Calibration
+from vespa_quant.vespa.naming import SLOTS
 
 MANIFEST = "manifest.json"
 FEED_HINT = "re-run vespa-quant feed"
@@ -57,7 +58,7 @@ def write_manifest(calibration_dir: Path, manifest: dict) -> Path:
 
 
 def read_manifest(calibration_dir: Path) -> dict:
-    """The manifest written by :func:`~vespa_quant.feed.feeder.feed`, checked for what queries rely on."""
+    """The manifest written by :func:`~vespa_quant.vespa.feeder.feed`, checked for what queries rely on."""
     path = manifest_path(calibration_dir)
     try:
         manifest = json.loads(path.read_text())

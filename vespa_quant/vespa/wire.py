@@ -35,20 +35,25 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from vespa_quant.errors import VespaError
-from vespa_quant.quantize.base import Calibration, Method, field_name, method_slots, nn_input_name
-from vespa_quant.quantize.float_methods import round_to_bfloat16
-from vespa_quant.vespa_app.package import (
+from vespa_quant.quantize.base import Calibration, Quantizer
+from vespa_quant.quantize.methods.float_methods import round_to_bfloat16
+from vespa_quant.vespa.expressions import input_type
+from vespa_quant.vespa.naming import (
     DOC_ID_FIELD,
     DOCUMENT_TYPE,
     calibration_field_name,
+    field_name,
+    first_phase_field,
+    first_phase_input,
+    has_exhaustive_profile,
+    method_slots,
     rank_profile_name,
+    signs_field,
 )
 
 SlotKey = tuple[str, int, str]
 """(method name, dim, slot): where a set of codes is stored."""
 
-NAMESPACE = "vespaquant"
-"""Document id namespace: ids are ``id:vespaquant:doc::<id>``."""
 MAX_HITS = 400
 """Vespa's default ``maxHits``: ``hits`` above it are capped silently (query API reference)."""
 
@@ -142,7 +147,7 @@ def dataset_document_id(vespa_id: str) -> str:
     return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
 
 
-def _check_slot(method: Method, dim: int, slot: str) -> None:
+def _check_slot(method: Quantizer, dim: int, slot: str) -> None:
     if slot not in method_slots(method):
         raise VespaError(f"{method.name}@{dim}: slot {slot!r} does not exist; "
                          f"the method has slots {method_slots(method)}")
@@ -151,18 +156,25 @@ def _check_slot(method: Method, dim: int, slot: str) -> None:
 def _slot_fields(
     doc_ids: Sequence[str],
     codes_by_slot: Mapping[SlotKey, Mapping[str, np.ndarray]],
-    methods_by_name: Mapping[str, Method],
+    methods_by_name: Mapping[str, Quantizer],
     calibration_ids: Mapping[SlotKey, str],
+    signs_by_dim: Mapping[int, np.ndarray] | None = None,
 ) -> Iterator[tuple[str, dict]]:
-    """(dataset id, slot fields) per document, hex-encoding a chunk of rows at a time.
+    """(dataset id, fields) per document, hex-encoding a chunk of rows at a time.
 
-    Every slot must supply exactly the roles of :meth:`Method.fields` with one row per document
-    and the declared number of cells, exist for its method, and, for a calibrated method, come
-    with the id of the calibration its codes were encoded with.
+    Every slot must supply exactly the roles of :meth:`Quantizer.fields` with one row per
+    document and the declared number of cells, exist for its method, and, for a calibrated
+    method, come with the id of the calibration its codes were encoded with. ``signs_by_dim``
+    holds the shared sign bits ``signs_<dim>`` (packed ``x > 0`` of the raw vectors).
     """
     n_docs = len(doc_ids)
     layout: list[tuple[str, str, np.ndarray]] = []
     ids: dict[str, str] = {}
+    for dim, bits in (signs_by_dim or {}).items():
+        bits = np.asarray(bits)
+        if bits.shape != (n_docs, -(-dim // 8)):
+            raise VespaError(f"{signs_field(dim)}: shape {bits.shape}, expected ({n_docs}, {-(-dim // 8)})")
+        layout.append((signs_field(dim), "int8", bits))
     for (name, dim, slot), codes in codes_by_slot.items():
         if name not in methods_by_name:
             raise VespaError(f"codes for unknown method {name!r}; known: {', '.join(methods_by_name)}")
@@ -198,22 +210,24 @@ def _slot_fields(
 def feed_documents(
     doc_ids: Sequence[str],
     codes_by_slot: Mapping[SlotKey, Mapping[str, np.ndarray]],
-    methods_by_name: Mapping[str, Method],
+    methods_by_name: Mapping[str, Quantizer],
     calibration_ids: Mapping[SlotKey, str],
+    signs_by_dim: Mapping[int, np.ndarray] | None = None,
 ) -> Iterator[dict]:
     """pyvespa put operations ``{"id": ..., "fields": {...}}``, one per document, lazily.
 
     A put replaces the whole document, so it must hold every slot the manifest lists (a slot
-    left out would be emptied): ``doc_id``, and per slot its codes and calibration id.
+    left out would be emptied): ``doc_id``, the shared sign bits, and per slot its codes and
+    calibration id.
     """
-    for doc_id, fields in _slot_fields(doc_ids, codes_by_slot, methods_by_name, calibration_ids):
+    for doc_id, fields in _slot_fields(doc_ids, codes_by_slot, methods_by_name, calibration_ids, signs_by_dim):
         yield {"id": vespa_document_id(doc_id), "fields": {DOC_ID_FIELD: doc_id, **fields}}
 
 
 def update_operations(
     doc_ids: Sequence[str],
     codes_by_slot: Mapping[SlotKey, Mapping[str, np.ndarray]],
-    methods_by_name: Mapping[str, Method],
+    methods_by_name: Mapping[str, Quantizer],
     calibration_ids: Mapping[SlotKey, str],
 ) -> Iterator[dict]:
     """pyvespa partial-update operations touching only the given slots' fields, lazily.
@@ -248,13 +262,12 @@ def _input_value(name: str, declared: str, value, where: str):
 
 
 def query_body(
-    method: Method,
+    method: Quantizer,
     dim: int,
     query_inputs_row: Mapping[str, np.ndarray | float],
     *,
     hits: int,
-    first_phase: bool,
-    k1: int,
+    k1: int | None,
     nn_query: np.ndarray | None,
     approximate: bool = False,
     timeout: float = 10.0,
@@ -262,23 +275,25 @@ def query_body(
 ) -> dict:
     """The JSON body of ``POST /search/`` for one query of ``method`` at ``dim`` on ``slot``.
 
-    The profile and the ``nearestNeighbor`` field are ``slot``'s; the YQL selects ``doc_id`` and,
-    for a calibrated method, ``slot``'s calibration id, so every hit names the calibration that
-    encoded the codes it was scored on.
-
-    With ``first_phase``, matching is the exact Hamming ``nearestNeighbor`` with ``targetHits=k1``
-    on the method's sign bits; when the profile has a second phase, ``ranking.rerankCount=k1``
-    makes it rescore exactly the ``k1`` best by first phase, as the local engine
-    does (exact search may expose more than ``targetHits`` hits; targetHits and rerankCount are
-    per content node). Soft timeout is off, so a slow query fails with 504 instead of returning a
-    silently truncated ranking.
+    Two-phase (``k1`` given, :mod:`vespa_quant.vespa.package`): the YQL retrieves
+    ``{targetHits:k1}nearestNeighbor(<sign bits>, <query bits>)`` (``nn_query``, packed like the
+    stored bits), the first phase is their closeness and ``ranking.globalPhase.rerankCount=k1``
+    makes the global phase rescore exactly the merged Hamming top k1; ``hits`` must be at most
+    k1. Exhaustive (``k1`` None): ``where true`` on the ``_exhaustive`` profile. The YQL selects
+    ``doc_id`` and, for a calibrated method, ``slot``'s calibration id, so every hit names the
+    calibration that encoded the codes it was scored on. Soft timeout is off, so a slow query
+    fails with 504 instead of returning a silently truncated ranking.
     """
     _check_slot(method, dim, slot)
-    profile = rank_profile_name(method.name, dim, slot)
-    expressions = method.rank_expressions(dim, field=lambda role: field_name(method.name, dim, role, slot))
+    two_phase = k1 is not None or method.always_first_phase
+    if k1 is None and method.always_first_phase:
+        raise VespaError(f"{method.name} is defined by its Hamming first phase: give k1")
+    if not two_phase and not has_exhaustive_profile(method):
+        raise VespaError(f"{method.name} has no exhaustive profile")
+    profile = rank_profile_name(method.name, dim, slot, exhaustive=not two_phase)
     if not 0 < hits <= MAX_HITS:
         raise VespaError(f"{profile}: hits={hits} must be in [1, {MAX_HITS}] (Vespa's default maxHits)")
-    declared = dict(expressions.inputs)
+    declared = {spec.name: input_type(spec) for spec in method.inputs(dim)}
     missing = sorted(set(declared) - set(query_inputs_row))
     unexpected = sorted(set(query_inputs_row) - set(declared))
     if missing or unexpected:
@@ -298,23 +313,20 @@ def query_body(
     if method.needs_calibration:
         summary.append(calibration_field_name(method.name, dim, slot))
     select = f"select {', '.join(summary)} from {DOCUMENT_TYPE} where"
-    if first_phase:
-        if method.hamming_role is None:
-            raise VespaError(f"{method.name} stores no sign bits; a Hamming first phase is impossible")
-        if nn_query is None:
-            raise VespaError(f"{profile}: a Hamming first phase needs the packed query bits (nn_query)")
-        if k1 <= 0:
-            raise VespaError(f"{profile}: k1={k1} must be positive")
-        name = nn_input_name(method, dim)
-        cells = {spec.role: spec.cells for spec in method.fields(dim)}[method.hamming_role]
-        body[f"input.query({name})"] = _input_value(name, f"tensor<int8>(x[{cells}])", nn_query, profile)
-        bits_field = field_name(method.name, dim, method.hamming_role, slot)
-        annotation = f"{{targetHits:{int(k1)}, approximate:{str(bool(approximate)).lower()}}}"
-        body["yql"] = f"{select} {annotation}nearestNeighbor({bits_field}, {name})"
-        if expressions.second_phase is not None:
-            body["ranking.rerankCount"] = int(k1)
-    else:
+    if not two_phase:
         body["yql"] = f"{select} true"
+        return body
+    assert k1 is not None
+    if k1 <= 0 or hits > k1:
+        raise VespaError(f"{profile}: k1={k1} must be positive and at least hits={hits}")
+    if nn_query is None:
+        raise VespaError(f"{profile}: a Hamming first phase needs the packed query bits (nn_query)")
+    name = first_phase_input(method, dim)
+    cells = -(-dim // 8)
+    body[f"input.query({name})"] = _input_value(name, f"tensor<int8>(x[{cells}])", nn_query, profile)
+    annotation = f"{{targetHits:{int(k1)}, approximate:{str(bool(approximate)).lower()}}}"
+    body["yql"] = f"{select} {annotation}nearestNeighbor({first_phase_field(method, dim, slot)}, {name})"
+    body["ranking.globalPhase.rerankCount"] = int(k1)
     return body
 
 

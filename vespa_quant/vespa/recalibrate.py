@@ -1,7 +1,7 @@
 """Recalibrate one (method, dim) in a live Vespa with no window in which queries and documents disagree.
 
-Blue/green over the two code slots of a calibrated method (:mod:`vespa_quant.vespa_app.package`):
-queries read the slot ``manifest.json`` marks active (:mod:`vespa_quant.feed.manifest`), and a
+Blue/green over the two code slots of a calibrated method (:mod:`vespa_quant.vespa.package`):
+queries read the slot ``manifest.json`` marks active (:mod:`vespa_quant.vespa.manifest`), and a
 recalibration only ever writes the other one. Three steps, each a public function so a caller (or
 a test) can act between them:
 
@@ -43,9 +43,9 @@ import numpy as np
 
 from vespa_quant.errors import VespaError
 from vespa_quant.embed.embedded import EmbeddedDataset
-from vespa_quant.feed.documents import slot_calibration_count_body, update_operations
-from vespa_quant.feed.feeder import check_listening, count_documents, send_operations
-from vespa_quant.feed.manifest import (
+from vespa_quant.vespa.wire import slot_calibration_count_body, update_operations
+from vespa_quant.vespa.feeder import check_listening, count_documents, send_operations
+from vespa_quant.vespa.manifest import (
     manifest_entry,
     manifest_path,
     read_manifest,
@@ -53,7 +53,8 @@ from vespa_quant.feed.manifest import (
     with_active_slot,
     write_manifest,
 )
-from vespa_quant.quantize.base import Calibration, Method, calibrate, encode, method_slots
+from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode
+from vespa_quant.vespa.naming import method_slots
 
 RECALIBRATE_HINT = "re-run vespa-quant recalibrate"
 
@@ -127,14 +128,14 @@ class RecalibrationReport:
         return self.new_slot if self.switched else self.old_slot
 
 
-def _other_slot(method: Method, slot: str) -> str:
+def _other_slot(method: Quantizer, slot: str) -> str:
     slots = method_slots(method)
     if len(slots) != 2 or slot not in slots:
         raise VespaError(f"{method.name}: no inactive slot besides {slot!r} (slots {slots})")
     return slots[1 - slots.index(slot)]
 
 
-def write_inactive_slot(app_url: str, embedded: EmbeddedDataset, method: Method, dim: int,
+def write_inactive_slot(app_url: str, embedded: EmbeddedDataset, method: Quantizer, dim: int,
                         calibration_dir: Path, *, new_calibration: Calibration | None = None,
                         concurrency: int = 8, max_retries: int = 3, retry_wait: float = 0.5,
                         progress: bool = True) -> SlotWrite:
@@ -213,7 +214,7 @@ def switch_active_slot(calibration_dir: Path, written: SlotWrite, check: SlotChe
                                                             written.record, calibration_dir))
 
 
-def recalibrate(app_url: str, embedded: EmbeddedDataset, method: Method, dim: int, calibration_dir: Path, *,
+def recalibrate(app_url: str, embedded: EmbeddedDataset, method: Quantizer, dim: int, calibration_dir: Path, *,
                 new_calibration: Calibration | None = None, concurrency: int = 8, max_retries: int = 3,
                 retry_wait: float = 0.5, progress: bool = True) -> RecalibrationReport:
     """Write the inactive slot, verify it in Vespa, and only then switch queries to it.

@@ -1,0 +1,159 @@
+"""Commands that talk to Vespa: generate and deploy the package, feed, recalibrate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vespa_quant.cli import app
+from vespa_quant.cli.common import (
+    CacheDirOption,
+    CalibrationDirOption,
+    DataRootOption,
+    DatasetOption,
+    DocEmbeddingsOption,
+    EndpointOption,
+    MethodsOption,
+    ModelOption,
+    QueryEmbeddingsOption,
+    RotationOption,
+    SeedOption,
+    Variant,
+    check_output_dir,
+    cli_errors,
+    load_inputs,
+    parse_dims,
+    parse_ints,
+)
+from vespa_quant.errors import VespaQuantError
+
+PackageDimsOption = Annotated[str, typer.Option(
+    "--dims", help="Comma-separated dims; must be dims the deployed package has fields for.")]
+
+
+@app.command("deploy")
+@cli_errors
+def deploy_command(
+    methods: MethodsOption = "all",
+    dims: Annotated[str, typer.Option("--dims", help="Comma-separated dims to create fields and rank profiles for.")] = "384,256",
+    variant: Annotated[Variant, typer.Option(
+        "--variant", help="single: one node; cluster: config + container + two content nodes.")] = "single",
+    out: Annotated[Path, typer.Option(
+        "--out", help="Where schemas/ and vespa_app/ are generated (`--out .` regenerates the committed copy).")] = Path("out/package"),
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only write the generated package (and the deployable folder OUT/application-VARIANT); contact no server.")] = False,
+    config_url: Annotated[Optional[str], typer.Option(
+        "--config-url", help="Config server (default http://localhost:19071, cluster: http://localhost:19072).")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(
+        "--endpoint", help="Query container to wait for (default http://localhost:8080, cluster: http://localhost:8081).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for the config server, the deploy and the container.")] = 300,
+) -> None:
+    """Generate the Vespa application package from the method registry, and deploy it."""
+    from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa.deploy import deploy, wait_until_ready
+    from vespa_quant.vespa.services import assemble, write_package
+
+    chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
+    check_output_dir(out, "--out")
+    written = write_package(out, chosen, dim_list)
+    app_dir = assemble(out, variant, out / f"application-{variant}")
+    typer.echo("wrote " + ", ".join(str(p) for p in written) + f"; application folder {app_dir}")
+    if dry_run:
+        return
+    cluster = variant == "cluster"
+    config_url = config_url or ("http://localhost:19072" if cluster else "http://localhost:19071")
+    endpoint = endpoint or ("http://localhost:8081" if cluster else "http://localhost:8080")
+    wait_until_ready(query_url=None, config_url=config_url, timeout=timeout)
+    deploy(app_dir, config_url=config_url, timeout=timeout)
+    typer.echo(f"deployed {app_dir} to {config_url}")
+    wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+
+
+@app.command("feed")
+@cli_errors
+def feed_command(
+    dataset: DatasetOption = "scifact",
+    model: ModelOption = "all-MiniLM-L6-v2",
+    methods: MethodsOption = "all",
+    dims: PackageDimsOption = "384,256",
+    rotation: RotationOption = "none",
+    seed: SeedOption = 0,
+    endpoint: EndpointOption = "http://localhost:8080",
+    calibration_dir: CalibrationDirOption = Path("out/calibrations"),
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections for feeding.")] = 8,
+    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Extra rounds for documents that failed with 429/5xx.")] = 3,
+    keep_calibrations: Annotated[bool, typer.Option(
+        "--keep-calibrations", help="Encode with the calibrations already in --calibration-dir (every slot, active slots kept): "
+                                    "for documents arriving after a calibration or recalibration. Default: calibrate afresh.")] = False,
+    data_root: DataRootOption = None,
+    cache_dir: CacheDirOption = None,
+    doc_embeddings: DocEmbeddingsOption = None,
+    query_embeddings: QueryEmbeddingsOption = None,
+) -> None:
+    """Embed (cached), calibrate, encode and feed every document; idempotent, so a re-run resumes."""
+    from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa.feeder import check_listening, feed
+
+    chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
+    check_output_dir(calibration_dir, "--calibration-dir")
+    check_listening(endpoint.rstrip("/"))
+    embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                           doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
+    report = feed(endpoint, embedded, chosen, parse_dims(",".join(map(str, dim_list)), embedded.native_dim),
+                  rotation=rotation, seed=seed, calibration_dir=calibration_dir, concurrency=concurrency,
+                  max_retries=max_retries, keep_calibrations=keep_calibrations)
+    typer.echo(f"fed {report.n_fed}/{report.n_docs} documents, calibration set {report.calibration_set}, "
+               f"manifest {report.manifest}; Vespa counts {report.count_in_vespa}")
+    if report.failed_ids:
+        shown = ", ".join(report.failed_ids[:20]) + (" ..." if len(report.failed_ids) > 20 else "")
+        first = report.errors.get(report.failed_ids[0], "")
+        raise VespaQuantError(f"{len(report.failed_ids)} documents failed ({shown}); first error: {first}")
+    if report.count_in_vespa != report.n_docs:
+        raise VespaQuantError(f"Vespa holds {report.count_in_vespa} documents, the corpus has {report.n_docs}")
+
+
+@app.command("recalibrate")
+@cli_errors
+def recalibrate_command(
+    method: Annotated[str, typer.Option("--method", help="The calibrated method to recalibrate, e.g. lloyd_max_gauss.")],
+    dim: Annotated[int, typer.Option("--dim", min=8, help="The dim whose fields are rewritten.")],
+    dataset: DatasetOption = "scifact",
+    model: ModelOption = "all-MiniLM-L6-v2",
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="Use this saved calibration (.npz) instead of calibrating on --dataset's documents.")] = None,
+    endpoint: EndpointOption = "http://localhost:8080",
+    calibration_dir: CalibrationDirOption = Path("out/calibrations"),
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections for the partial updates.")] = 8,
+    data_root: DataRootOption = None,
+    cache_dir: CacheDirOption = None,
+    doc_embeddings: DocEmbeddingsOption = None,
+    query_embeddings: QueryEmbeddingsOption = None,
+) -> None:
+    """Recalibrate one method on a live Vespa: rewrite the inactive slot, verify, switch atomically.
+
+    Partial updates touch only the inactive slot's code fields and calibration id; queries keep using the
+    active slot until every document is verified to carry the new calibration.
+    """
+    from vespa_quant.quantize.base import Calibration
+    from vespa_quant.quantize.registry import get_method
+    from vespa_quant.vespa.feeder import check_listening
+    from vespa_quant.vespa.recalibrate import recalibrate
+
+    chosen = get_method(method)
+    given = Calibration.load(calibration) if calibration else None
+    check_listening(endpoint.rstrip("/"))
+    embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                           doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
+    report = recalibrate(endpoint, embedded, chosen, dim, calibration_dir, new_calibration=given,
+                         concurrency=concurrency)
+    typer.echo(f"{method}@{dim}: slot {report.old_slot} ({report.old_calibration_id}) -> slot {report.new_slot} "
+               f"({report.new_calibration_id}); updated {report.n_updated}/{report.n_docs}, "
+               f"{report.n_with_new_id} documents carry the new id, Vespa counts {report.count_in_vespa}")
+    if not report.switched:
+        shown = ", ".join(report.failed_ids[:20])
+        raise VespaQuantError(f"not switched, queries stay on slot {report.old_slot}"
+                              + (f": {len(report.failed_ids)} updates failed ({shown})" if report.failed_ids
+                                 else ": not every document carries the new calibration"))
+    typer.echo(f"switched: queries now use slot {report.new_slot}")

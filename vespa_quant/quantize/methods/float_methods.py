@@ -1,0 +1,67 @@
+"""Uncompressed and half-precision baselines: ``float32`` and ``bfloat16`` (4 and 2 bytes/dim)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vespa_quant.quantize.base import Arrays, CodeField, InputSpec
+from vespa_quant.quantize.expr import Codes, Expr, QueryInput, dot
+from vespa_quant.quantize.scoring import VectorDocs, VectorQueries
+
+
+def round_to_bfloat16(vectors: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), kept as float32.
+
+    Feeding values that are exactly representable makes Vespa's own float->bfloat16 conversion
+    lossless, so the stored cells equal these values whatever rounding Vespa uses. Works in
+    uint32 (no wider temporaries than the input).
+    """
+    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
+
+@dataclass(frozen=True)
+class FloatCells:
+    """Stores the vector itself (``cell_type`` cells); the score is the plain inner product."""
+
+    name: str
+    cell_type: str = "float"
+    needs_calibration: bool = False
+    always_first_phase: bool = False
+
+    def fields(self, dim: int) -> list[CodeField]:
+        return [CodeField("vector", self.cell_type, dim)]
+
+    def inputs(self, dim: int) -> list[InputSpec]:
+        return [InputSpec("q", dim)]
+
+    def expression(self, dim: int) -> Expr:
+        return dot(QueryInput("q"), Codes("vector"))
+
+    def calibrate(self, corpus: np.ndarray, queries: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {}
+
+    def encode(self, vectors: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return {"vector": round_to_bfloat16(vectors) if self.cell_type == "bfloat16" else vectors}
+
+    def query_inputs(self, queries: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
+        return {"q": np.asarray(queries, dtype=np.float32)}
+
+    def doc_view(self, codes: Arrays, constants: Arrays) -> VectorDocs:
+        vectors = np.asarray(codes["vector"], dtype=np.float32)
+        if self.cell_type == "bfloat16":
+            return VectorDocs((np.ascontiguousarray(vectors).view(np.uint32) >> np.uint32(16)).astype(np.uint16))
+        return VectorDocs(vectors)
+
+    def query_view(self, queries: np.ndarray, constants: Arrays) -> VectorQueries:
+        return VectorQueries(np.asarray(queries, dtype=np.float32))
+
+    def reconstruct(self, codes: Arrays, constants: Arrays) -> np.ndarray:
+        return np.asarray(codes["vector"], dtype=np.float32)
+
+
+METHODS = (FloatCells("float32"), FloatCells("bfloat16", cell_type="bfloat16"))
