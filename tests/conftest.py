@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SLICE_EMBEDDINGS = Path(__file__).resolve().parent / "data" / "scifact_slice_minilm.npz"
+"""Committed embeddings of the SciFact slice (``tests/make_slice_embeddings.py``): the default
+run seeds the embedding cache with them and never loads the model."""
+SLICE_MODEL = "all-MiniLM-L6-v2"
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -70,10 +74,32 @@ def scifact_slice(scifact_dir: Path, tmp_path_factory) -> Path:
     return write_slice(scifact_dir, tmp_path_factory.mktemp("data") / "scifact-slice")
 
 
+def seed_slice_cache(slice_dir: Path, cache: Path) -> Path:
+    """Put the committed slice embeddings into ``cache`` under the keys of the slice's texts.
+
+    Fails, naming the fix, when the slice's texts no longer hash to the keys the file records
+    (the slice definition or the SciFact copy changed).
+    """
+    from vespa_quant.data.beir import load_beir
+    from vespa_quant.embed.cache import cache_key, seed_cache
+    from vespa_quant.embed.models import get_model_spec
+
+    stored = np.load(SLICE_EMBEDDINGS)
+    spec = get_model_spec(str(stored["model"]))
+    sliced = load_beir(slice_dir)
+    keys = (cache_key(spec.name, "document", spec.document_prompt, sliced.doc_texts),
+            cache_key(spec.name, "query", spec.query_prompt, sliced.query_texts))
+    if keys != (str(stored["doc_key"]), str(stored["query_key"])):
+        pytest.fail(f"{SLICE_EMBEDDINGS} was made from other slice texts: run python tests/make_slice_embeddings.py")
+    seed_cache(spec.name, sliced.doc_texts, "document", stored["doc_vectors"], cache)
+    seed_cache(spec.name, sliced.query_texts, "query", stored["query_vectors"], cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
-def slice_cache(tmp_path_factory) -> Path:
-    """One embedding cache for the whole session: the slice is embedded once, by the first user."""
-    return tmp_path_factory.mktemp("embedding-cache")
+def slice_cache(scifact_slice: Path, tmp_path_factory) -> Path:
+    """One embedding cache for the whole session, seeded with the committed slice embeddings."""
+    return seed_slice_cache(scifact_slice, tmp_path_factory.mktemp("embedding-cache"))
 
 
 @pytest.fixture(scope="session")

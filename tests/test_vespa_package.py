@@ -1,8 +1,8 @@
-"""The generated Vespa package, the docker-compose file and the deploy client (no Vespa needed).
+"""The generated application package: built from the registry, committed, and the same on every run.
 
-The schema is checked as rendered text against each method's own field and rank descriptions, the
-committed artefacts against a fresh generation, and the deploy client against a local fake config
-server on 127.0.0.1.
+Schema assertions read the pyvespa objects the generator builds (STYLE 14: we never re-parse our
+own .sd text); whether Vespa accepts the rendered text and what its profiles compute is decided by
+Vespa's own compiler and evaluator (``tests/test_check_package.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import socket
 import threading
 import xml.etree.ElementTree as ET
 import zipfile
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,24 +22,32 @@ import pytest
 import yaml
 
 from vespa_quant.errors import VespaError, VespaQuantError
-from vespa_quant.quantize.base import (
-    SLOTS, RankExpressions, TensorField, field_name, method_slots, nn_input_declarations, slot_suffix,
-)
-from vespa_quant.quantize.binary import BinaryAsym, BinaryMedianAsym
+from vespa_quant.quantize import expr
+from vespa_quant.quantize.base import CodeField, bytes_per_vector, sign_role
+from vespa_quant.quantize.methods.scalar_table import ScalarTable
+from vespa_quant.quantize.methods.fitting import Sign
 from vespa_quant.quantize.registry import METHODS
-from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
-from vespa_quant.vespa_app.package import (
+from vespa_quant.vespa.deploy import deploy, wait_until_ready
+from vespa_quant.vespa.expressions import render
+from vespa_quant.vespa.naming import (
+    SLOTS,
+    calibration_field_name,
+    field_name,
+    first_phase_field,
+    method_slots,
+    rank_profile_name,
+    signs_field,
+    slot_suffix,
+)
+from vespa_quant.vespa.package import DEFAULT_DIMS, DEFAULT_K1, build_schema
+from vespa_quant.vespa.services import (
     CLUSTER_HOSTS,
     CLUSTER_HOSTS_FILE,
     CLUSTER_SERVICES_FILE,
     CONTENT_HOSTS,
-    DEFAULT_DIMS,
     SCHEMA_FILE,
     SERVICES_FILE,
     assemble,
-    build_application_package,
-    calibration_field_name,
-    rank_profile_name,
     render_package,
     stale_artefacts,
     write_package,
@@ -47,21 +56,7 @@ from vespa_quant.vespa_app.package import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-def _blocks(text: str, header: str) -> dict[str, tuple[str, str]]:
-    """``{name: (header rest, body)}`` of every ``<header> <name> ... {`` block, braces matched."""
-    found = {}
-    for match in re.finditer(rf"^\s*{header} (\w+)([^{{\n]*)\{{", text, flags=re.MULTILINE):
-        depth, start = 1, match.end()
-        position = start
-        while depth:
-            depth += {"{": 1, "}": -1}.get(text[position], 0)
-            position += 1
-        found[match.group(1)] = (match.group(2).strip(), text[start:position - 1])
-    return found
+CALIBRATED = [m for m in METHODS.values() if m.needs_calibration]
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +65,18 @@ def rendered() -> dict[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def schema_text(rendered) -> str:
-    return rendered[SCHEMA_FILE]
+def schema():
+    return build_schema()
 
 
 @pytest.fixture(scope="module")
-def fields(schema_text) -> dict[str, tuple[str, str]]:
-    return _blocks(schema_text, "field")
+def fields(schema) -> dict:
+    return {field.name: field for field in schema.document.fields}
 
 
 @pytest.fixture(scope="module")
-def profiles(schema_text) -> dict[str, tuple[str, str]]:
-    return _blocks(schema_text, "rank-profile")
+def profiles(schema) -> dict:
+    return dict(schema.rank_profiles)
 
 
 def _free_port() -> int:
@@ -146,9 +141,9 @@ def test_committed_artefacts_match_a_fresh_generation(tmp_path):
     for path in written:
         relative = path.relative_to(tmp_path)
         committed = REPO_ROOT / relative
-        assert committed.is_file(), f"{relative} is not committed; run `vespa-quant deploy --dry-run`"
+        assert committed.is_file(), f"{relative} is not committed; run `vespa-quant deploy --dry-run --out .`"
         assert committed.read_bytes() == path.read_bytes(), (
-            f"{relative} differs from the generator's output; run `vespa-quant deploy --dry-run` "
+            f"{relative} differs from the generator's output; run `vespa-quant deploy --dry-run --out .` "
             "and commit the result (never edit it by hand)"
         )
     assert stale_artefacts(REPO_ROOT) == []
@@ -158,8 +153,6 @@ def test_generation_is_byte_identical_on_rerun(tmp_path):
     first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in write_package(tmp_path / "a")}
     second = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in write_package(tmp_path / "b")}
     assert first == second
-    write_package(tmp_path / "a")
-    assert {p: (tmp_path / "a" / p).read_bytes() for p in first} == first
 
 
 def test_stale_artefacts_names_an_edited_file(tmp_path):
@@ -170,14 +163,9 @@ def test_stale_artefacts_names_an_edited_file(tmp_path):
 
 # --- schema -------------------------------------------------------------------------------------
 
-def test_one_schema_named_doc(rendered, schema_text):
-    package = build_application_package()
-    assert [schema.name for schema in package.schemas] == ["doc"]
-    assert schema_text.splitlines()[1] == "schema doc {"
-    assert "document doc {" in schema_text
-
-
-CALIBRATED = [m for m in METHODS.values() if m.needs_calibration]
+def test_one_schema_named_doc(schema, rendered):
+    assert schema.name == "doc"
+    assert rendered[SCHEMA_FILE].splitlines()[1] == "schema doc {"
 
 
 def _calibration_fields() -> set[str]:
@@ -185,20 +173,16 @@ def _calibration_fields() -> set[str]:
 
 
 def test_id_and_calibration_fields_are_attribute_and_summary(fields):
-    assert "calibration_set" not in fields
-    assert len(_calibration_fields()) == len(CALIBRATED) * len(DEFAULT_DIMS) * 2
     for name in {"doc_id", *_calibration_fields()}:
-        header, body = fields[name]
-        assert header == "type string"
-        assert "indexing: attribute | summary" in body
+        assert fields[name].type == "string" and fields[name].indexing == ["attribute", "summary"], name
     assert {"int8_asym_384_calibration", "int8_asym_384_calibration_b"} <= set(fields)
 
 
-def test_slot_names_follow_one_rule():
+def test_names_follow_one_rule():
     assert [slot_suffix(slot) for slot in SLOTS] == ["", "_b"]
-    assert field_name("int8_asym", 384, "codes") == "int8_asym_384_codes"
     assert field_name("int8_asym", 384, "codes", "b") == "int8_asym_384_codes_b"
     assert rank_profile_name("int8_asym", 384, "b") == "int8_asym_384_b"
+    assert rank_profile_name("int8_asym", 384, "b", exhaustive=True) == "int8_asym_384_exhaustive_b"
     assert calibration_field_name("int8_asym", 384, "b") == "int8_asym_384_calibration_b"
     with pytest.raises(VespaQuantError, match="unknown code slot 'c'"):
         field_name("int8_asym", 384, "codes", "c")
@@ -206,174 +190,120 @@ def test_slot_names_follow_one_rule():
     assert method_slots(METHODS["int8_asym"], recalibration_slots=False) == ("a",)
 
 
-def test_every_method_has_a_rank_profile_per_dim_and_slot(profiles):
-    expected = {rank_profile_name(m.name, d, slot) for m in METHODS.values() for d in DEFAULT_DIMS
-                for slot in method_slots(m)}
+def test_every_method_has_a_two_phase_and_an_exhaustive_profile_per_dim_and_slot(profiles):
+    expected = {rank_profile_name(m.name, d, slot, exhaustive=exhaustive)
+                for m in METHODS.values() for d in DEFAULT_DIMS for slot in method_slots(m)
+                for exhaustive in ((False,) if m.always_first_phase else (False, True))}
     assert set(profiles) == expected
-    assert len(profiles) == (len(METHODS) + len(CALIBRATED)) * len(DEFAULT_DIMS)
-    assert "float32_384_b" not in profiles and "binary_hamming_384_b" not in profiles
+    assert "float32_384_b" not in profiles and "binary_hamming_384_exhaustive" not in profiles
 
 
-def test_field_types_and_settings_follow_method_fields(fields):
-    expected_names = {"doc_id", *_calibration_fields()}
+def test_field_types_and_settings_follow_the_method_fields(fields):
+    expected_names = {"doc_id", *_calibration_fields(), *(signs_field(d) for d in DEFAULT_DIMS)}
     for method in METHODS.values():
-        for dim, slot in [(dim, slot) for dim in DEFAULT_DIMS for slot in method_slots(method)]:
-            for spec in method.fields(dim):
-                name = field_name(method.name, dim, spec.role, slot)
-                expected_names.add(name)
-                header, body = fields[name]
-                assert header == f"type {spec.tensor_type}", name
-                indexing = re.search(r"indexing: (.*)", body).group(1)
-                assert "summary" not in indexing, f"{name}: big tensors must not be in summaries"
-                assert indexing == ("attribute | index" if spec.hnsw else "attribute"), name
-                assert ("distance-metric: hamming" in body) == spec.hamming, name
-                assert ("hnsw {" in body) == spec.hnsw, name
-                assert (re.search(r"^\s*paged\s*$", body, re.MULTILINE) is not None) == spec.paged, name
+        for dim in DEFAULT_DIMS:
+            for slot in method_slots(method):
+                for spec in method.fields(dim):
+                    name = field_name(method.name, dim, spec.role, slot)
+                    expected_names.add(name)
+                    field = fields[name]
+                    hnsw = spec.sign_bits and method.always_first_phase
+                    assert field.type == f"tensor<{spec.cell_type}>(x[{spec.cells}])", name
+                    assert field.indexing == (["attribute", "index"] if hnsw else ["attribute"]), name
+                    assert ("distance-metric: hamming" in (field.attribute or [])) == (spec.sign_bits and not hnsw)
+                    assert (field.ann is not None) == hnsw, name
+                    assert ("paged" in (field.attribute or [])) == spec.paged, name
     assert set(fields) == expected_names
+    for dim in DEFAULT_DIMS:
+        signs = fields[signs_field(dim)]
+        assert signs.type == f"tensor<int8>(x[{dim // 8}])" and signs.ann.distance_metric == "hamming"
 
 
-def test_binary_384_is_48_int8_cells_and_lloyd_planes_are_96_bytes(fields):
-    assert fields["binary_asym_384_bits"][0] == "type tensor<int8>(x[48])"
-    assert fields["binary_asym_256_bits"][0] == "type tensor<int8>(x[32])"
-    lloyd = METHODS["lloyd_max_gauss"]
-    planes = lloyd.fields(384)
-    assert [(f.role, f.cells) for f in planes] == [("hi", 48), ("lo", 48)]
-    assert lloyd.bytes_per_vector(384) == 96
-    for role in ("hi", "lo"):
-        assert fields[f"lloyd_max_gauss_384_{role}"][0] == "type tensor<int8>(x[48])"
-    assert fields["int8_asym_384_codes"][0] == "type tensor<int8>(x[384])"
-    assert fields["bfloat16_256_vector"][0] == "type tensor<bfloat16>(x[256])"
-
-
-def test_binary_rescore_keeps_a_paged_float_copy_and_hnsw_bits(fields, profiles):
-    header, body = fields["binary_rescore_384_vector"]
-    assert header == "type tensor<float>(x[384])"
-    assert re.search(r"attribute \{\s*paged\s*\}", body)
-    _, bits = fields["binary_rescore_384_bits"]
-    assert "distance-metric: hamming" in bits and "max-links-per-node" in bits
-    _, profile = profiles["binary_rescore_384"]
-    assert "closeness(field, binary_rescore_384_bits)" in profile
-    assert re.search(r"second-phase \{.*rerank-count: 1000", profile, re.DOTALL)
-    assert "second-phase" not in profiles["binary_asym_384"][1]
-
-
-def test_rank_profiles_declare_inputs_and_expressions_from_the_methods(profiles):
+def test_two_phase_profile_is_closeness_then_the_score_as_global_phase(profiles):
     for method in METHODS.values():
-        for dim, slot in [(dim, slot) for dim in DEFAULT_DIMS for slot in method_slots(method)]:
-            expressions = method.rank_expressions(dim, field=lambda r: field_name(method.name, dim, r, slot))
-            _, body = profiles[rank_profile_name(method.name, dim, slot)]
-            inputs = re.search(r"inputs \{(.*?)\}", body, re.DOTALL).group(1)
-            declared = [line.strip() for line in inputs.strip().splitlines()]
-            wanted = {**expressions.inputs, **nn_input_declarations(method, dim)}
-            assert declared == [f"query({n}) {t}" for n, t in wanted.items()]
-            assert expressions.first_phase in body
-            for function_name, function_body in expressions.functions.items():
-                assert f"function {function_name}()" in body and function_body in body
-    inputs = re.search(r"inputs \{(.*?)\}", profiles["binary_asym_384"][1], re.DOTALL).group(1)
-    assert "query(w) tensor<float>(x[384])" in inputs
-    assert "query(offset) double" in inputs
+        for dim in DEFAULT_DIMS:
+            for slot in method_slots(method):
+                profile = profiles[rank_profile_name(method.name, dim, slot)]
+                nn_field = first_phase_field(method, dim, slot)
+                assert profile.first_phase.expression == f"closeness(field, {nn_field})"
+                assert profile.second_phase is None
+                score = render(method.expression(dim), lambda role: field_name(method.name, dim, role, slot))
+                if method.name == "binary_hamming":
+                    assert profile.global_phase is None  # its score is the first phase itself
+                else:
+                    assert profile.global_phase.expression == score
+                    assert profile.global_phase.rerank_count == DEFAULT_K1
+                declared = dict(profile.inputs)
+                for spec in method.inputs(dim):
+                    assert f"query({spec.name})" in declared
+                if sign_role(method) is None:
+                    assert nn_field == signs_field(dim) and declared["query(q_nn)"] == f"tensor<int8>(x[{dim // 8}])"
+                if not method.always_first_phase:
+                    exhaustive = profiles[rank_profile_name(method.name, dim, slot, exhaustive=True)]
+                    assert exhaustive.first_phase.expression == score and exhaustive.global_phase is None
 
 
-def test_slot_b_profiles_are_slot_a_profiles_on_the_b_fields(profiles):
+def test_slot_b_profiles_read_only_slot_b_fields(profiles):
     for method in CALIBRATED:
         for dim in DEFAULT_DIMS:
-            _, a_body = profiles[rank_profile_name(method.name, dim)]
-            _, b_body = profiles[rank_profile_name(method.name, dim, "b")]
-            renamed = a_body
-            for spec in method.fields(dim):
-                plain = field_name(method.name, dim, spec.role)
-                renamed = re.sub(rf"\b{plain}\b", field_name(method.name, dim, spec.role, "b"), renamed)
-            assert renamed == b_body, method.name
-            assert re.search(rf"\b{method.name}_{dim}_\w+_b\b", b_body)
+            for exhaustive in (False, True):
+                profile = profiles[rank_profile_name(method.name, dim, "b", exhaustive=exhaustive)]
+                text = profile.first_phase.expression + (profile.global_phase.expression if profile.global_phase else "")
+                for spec in method.fields(dim):
+                    assert field_name(method.name, dim, spec.role) + ")" not in text.replace(" ", ""), method.name
 
 
 def test_slots_double_only_the_calibrated_methods_memory(fields):
-    def in_memory_bytes(name: str, dim: int) -> int:
-        own = [spec for spec in METHODS[name].fields(dim) if not spec.paged]
-        return sum(spec.bytes for slot in SLOTS for spec in own
-                   if field_name(name, dim, spec.role, slot) in fields)
-
     for method in METHODS.values():
-        copies = 2 if method.needs_calibration else 1
-        assert in_memory_bytes(method.name, 384) == copies * method.bytes_per_vector(384), method.name
-    assert METHODS["lloyd_max_gauss"].bytes_per_vector(384) == 96  # per slot, as before
+        own = [spec for spec in method.fields(384) if not spec.paged]
+        stored = sum(spec.bytes for slot in SLOTS for spec in own if field_name(method.name, 384, spec.role, slot) in fields)
+        assert stored == (2 if method.needs_calibration else 1) * bytes_per_vector(method, 384), method.name
 
 
 def test_recalibration_slots_can_be_left_out():
-    text = render_package(dims=(256,), recalibration_slots=False)[SCHEMA_FILE]
-    assert "_b " not in text and "_b\n" not in text and "calibration_b" not in text
-    assert "field int8_asym_256_calibration type string" in text
-    assert "field float32_256_calibration" not in text  # calibration-free: no id field
-    profiles = _blocks(text, "rank-profile")
-    assert set(profiles) == {rank_profile_name(m, 256) for m in METHODS}
-
-
-def test_generator_rejects_a_slot_profile_reading_the_other_slots_field():
-    class SlotBlind(BinaryMedianAsym):
-        name = "slot_blind"
-
-        def rank_expressions(self, dim, field):
-            expressions = super().rank_expressions(dim, field)
-            return RankExpressions(expressions.inputs, expressions.first_phase.replace(field("bits"),
-                                                                                       f"slot_blind_{dim}_bits"))
-
-    render_package([SlotBlind()], (384,), recalibration_slots=False)
-    with pytest.raises(VespaQuantError, match=r"slot_blind_384_b: reads field 'slot_blind_384_bits', .* in slot b"):
-        render_package([SlotBlind()], (384,))
+    schema = build_schema(dims=(256,), recalibration_slots=False)
+    names = {field.name for field in schema.document.fields}
+    assert not any(name.endswith("_b") for name in names)
+    assert "int8_asym_256_calibration" in names and "float32_256_calibration" not in names
 
 
 def test_rerank_count_is_a_parameter():
-    text = render_package(dims=(256,), second_phase_rerank_count=250)[SCHEMA_FILE]
-    assert "rerank-count: 250" in text and "rerank-count: 1000" not in text
-    assert "_384_" not in text
+    text = render_package(dims=(256,), k1=250)[SCHEMA_FILE]
+    assert "rerank-count: 250" in text and f"rerank-count: {DEFAULT_K1}\n" not in text
 
 
-def test_generator_rejects_an_expression_reading_an_undeclared_input():
-    class Broken(BinaryAsym):
-        name = "broken"
+@dataclass(frozen=True)
+class _Reading(ScalarTable):
+    """A binary method whose score reads what ``tree`` says (to break the generator's checks)."""
 
-        def rank_expressions(self, dim, field):
-            return RankExpressions(inputs={"w": f"tensor<float>(x[{dim}])"}, first_phase="sum(query(v))")
+    tree: expr.Expr = expr.QueryInput("w")
 
-    with pytest.raises(VespaQuantError, match=r"broken_384: query\(v\)"):
-        render_package([Broken()], (384,))
-
-
-def test_generator_rejects_an_expression_reading_another_methods_field():
-    class Borrower(BinaryAsym):
-        name = "borrower"
-
-        def rank_expressions(self, dim, field):
-            return RankExpressions(inputs={}, first_phase=f"closeness(field, binary_asym_{dim}_bits)")
-
-    with pytest.raises(VespaQuantError, match="binary_asym_384_bits"):
-        render_package([Borrower()], (384,))
+    def expression(self, dim: int) -> expr.Expr:
+        return self.tree
 
 
-def test_generator_rejects_hnsw_without_a_metric_and_unknown_cell_types():
-    class Odd(BinaryAsym):
-        name = "odd"
+def test_generator_rejects_a_score_reading_undeclared_inputs_or_fields():
+    bad_input = _Reading("broken", 1, Sign(), tree=expr.dot(expr.QueryInput("v"), expr.Bits("bits")))
+    with pytest.raises(VespaQuantError, match=r"broken@384: the score reads undeclared inputs \['v'\]"):
+        build_schema([bad_input], (384,))
+    bad_role = _Reading("borrower", 1, Sign(), tree=expr.dot(expr.QueryInput("w_bits"), expr.Bits("vector")))
+    with pytest.raises(VespaQuantError, match=r"fields \['vector'\]"):
+        build_schema([bad_role], (384,))
 
-        def __init__(self, spec):
-            self.spec = spec
 
-        def fields(self, dim):
-            return [self.spec]
+def test_generator_rejects_unknown_cell_types_bad_dims_and_duplicates():
+    @dataclass(frozen=True)
+    class Odd(ScalarTable):
+        def fields(self, dim: int) -> list[CodeField]:
+            return [CodeField("bits", "int4", 48)]
 
-    with pytest.raises(VespaQuantError, match="odd_384_bits: an HNSW index needs a distance metric"):
-        render_package([Odd(TensorField("bits", "float", 48, hnsw=True))], (384,))
     with pytest.raises(VespaQuantError, match="'int4' is not a Vespa tensor cell type"):
-        render_package([Odd(TensorField("bits", "int4", 48))], (384,))
-
-
-def test_generator_rejects_bad_dims_and_duplicate_methods():
+        build_schema([Odd("odd", 1, Sign())], (384,))
     with pytest.raises(VespaQuantError, match="dim 0"):
-        render_package(dims=(0,))
+        build_schema(dims=(0,))
     with pytest.raises(VespaQuantError, match="listed twice: binary_asym"):
-        render_package([METHODS["binary_asym"], METHODS["binary_asym"]])
+        build_schema([METHODS["binary_asym"], METHODS["binary_asym"]])
 
-
-# --- services and hosts -------------------------------------------------------------------------
 
 def test_services_parse_and_route_doc_to_the_content_cluster(rendered):
     for path, redundancy in ((SERVICES_FILE, "1"), (CLUSTER_SERVICES_FILE, "2")):

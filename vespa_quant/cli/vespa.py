@@ -42,8 +42,10 @@ def deploy_command(
         "--variant", help="single: one node; cluster: config + container + two content nodes.")] = "single",
     out: Annotated[Path, typer.Option(
         "--out", help="Where schemas/ and vespa_app/ are generated (`--out .` regenerates the committed copy).")] = Path("out/package"),
+    app_dir: Annotated[Optional[Path], typer.Option(
+        "--app-dir", help="The deployable folder assembled from the package (default out/application-VARIANT).")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Only write the generated package (and the deployable folder OUT/application-VARIANT); contact no server.")] = False,
+        "--dry-run", help="Only write the generated package and the deployable folder; contact no server.")] = False,
     config_url: Annotated[Optional[str], typer.Option(
         "--config-url", help="Config server (default http://localhost:19071, cluster: http://localhost:19072).")] = None,
     endpoint: Annotated[Optional[str], typer.Option(
@@ -58,7 +60,7 @@ def deploy_command(
     chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
     check_output_dir(out, "--out")
     written = write_package(out, chosen, dim_list)
-    app_dir = assemble(out, variant, out / f"application-{variant}")
+    app_dir = assemble(out, variant, app_dir or Path("out") / f"application-{variant}")
     typer.echo("wrote " + ", ".join(str(p) for p in written) + f"; application folder {app_dir}")
     if dry_run:
         return
