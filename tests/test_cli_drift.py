@@ -20,7 +20,7 @@ def test_drift_cli_writes_table_files_and_plot(scifact_slice: Path, slice_cache:
     assert result.exit_code == 0, result.output
     for name in ("drift.json", "drift.csv", "drift_steps.csv", "policy.csv", "drift.png"):
         assert (out / name).stat().st_size > 0, name
-    assert "Methods losing significant NDCG@10 when calibrated on 10%" in result.output
+    assert "Quantizers losing significant NDCG@10 when calibrated on 10%" in result.output
     steps = [line.split(",") for line in (out / "drift_steps.csv").read_text().splitlines()]
     header, rows = steps[0], steps[1:]
     shift = header.index("centre_shift_sigma")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from test_feeder_fake import serving
+from fake_vespa import serving
 from vespa_quant.cli import app
 
 METHODS = "float32,int8_asym,binary_rescore,lloyd_max_gauss"

@@ -8,9 +8,8 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from vespa_quant.engine.local import uses_first_phase
 from vespa_quant.errors import VespaError
-from vespa_quant.feed.documents import (
+from vespa_quant.vespa.wire import (
     MAX_HITS,
     calibration_set_id,
     dataset_document_id,
@@ -22,12 +21,18 @@ from vespa_quant.feed.documents import (
     update_operations,
     vespa_document_id,
 )
-from vespa_quant.quantize.base import (
-    calibrate, encode, field_name, hamming_query, nn_input_declarations, nn_input_name, query_inputs,
-)
-from vespa_quant.quantize.float_methods import round_to_bfloat16
+from vespa_quant.quantize.base import calibrate, encode, first_phase_query, query_inputs, sign_role
+from vespa_quant.quantize.methods.float_methods import round_to_bfloat16
 from vespa_quant.quantize.registry import METHODS
-from vespa_quant.vespa_app import package
+from vespa_quant.vespa.expressions import input_type
+from vespa_quant.vespa.naming import (
+    calibration_field_name,
+    field_name,
+    first_phase_field,
+    first_phase_input,
+    rank_profile_name,
+    signs_field,
+)
 
 DIMS = (384, 256)
 
@@ -93,7 +98,7 @@ def test_feed_documents_round_trip_every_method_and_dim(encoded: dict) -> None:
         fields = op["fields"]
         assert fields["doc_id"] == doc_ids[row]
         for (name, dim), (calibration, _, _) in encoded.items():
-            stored = fields.get(package.calibration_field_name(name, dim))
+            stored = fields.get(calibration_field_name(name, dim))
             assert stored == (calibration.id if METHODS[name].needs_calibration else None), name
         for (name, dim), codes in codes_by_key.items():
             for spec in METHODS[name].fields(dim):
@@ -170,20 +175,25 @@ def test_calibration_set_id_is_a_stable_label(encoded: dict) -> None:
         calibration_set_id({("float32", 256): calibrations[("float32", 384)]})
 
 
-@pytest.mark.parametrize("dim", DIMS)
-@pytest.mark.parametrize("name", list(METHODS))
-def test_query_body_carries_every_declared_input(encoded: dict, name: str, dim: int) -> None:
+def _row(encoded: dict, name: str, dim: int) -> tuple[dict, np.ndarray]:
     method = METHODS[name]
     calibration, _, queries = encoded[(name, dim)]
     inputs = query_inputs(method, queries, calibration)
-    first_phase = uses_first_phase(method, "auto")
-    nn = hamming_query(method, queries, calibration) if first_phase else None
-    row = {key: value[0] for key, value in inputs.items()}
-    body = query_body(method, dim, row, hits=100, first_phase=first_phase, k1=77,
-                      nn_query=None if nn is None else nn[0])
-    declared = method.rank_expressions(dim, field=lambda role: field_name(name, dim, role)).inputs
-    assert body["ranking.profile"] == package.rank_profile_name(name, dim) == f"{name}_{dim}"
-    assert body["ranking.softtimeout.enable"] is False and body["hits"] == 100
+    return {key: value[0] for key, value in inputs.items()}, first_phase_query(method, queries, calibration)[0]
+
+
+@pytest.mark.parametrize("two_phase", [True, False])
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_query_body_carries_every_declared_input(encoded: dict, name: str, dim: int, two_phase: bool) -> None:
+    method = METHODS[name]
+    if not two_phase and method.always_first_phase:
+        pytest.skip(f"{name} has no exhaustive profile")
+    row, nn = _row(encoded, name, dim)
+    body = query_body(method, dim, row, hits=50, k1=77 if two_phase else None, nn_query=nn if two_phase else None)
+    declared = {spec.name: input_type(spec) for spec in method.inputs(dim)}
+    assert body["ranking.profile"] == rank_profile_name(name, dim, exhaustive=not two_phase)
+    assert body["ranking.softtimeout.enable"] is False and body["hits"] == 50
     for key, type_ in declared.items():
         value = body[f"input.query({key})"]
         if type_ == "double":
@@ -193,45 +203,41 @@ def test_query_body_carries_every_declared_input(encoded: dict, name: str, dim: 
             assert isinstance(value, list) and len(value) == cells
             if "int8" in type_:
                 assert all(isinstance(v, int) and -128 <= v <= 127 for v in value)
-            np.testing.assert_array_equal(np.asarray(value, dtype=np.float32), inputs[key][0])
+            np.testing.assert_array_equal(np.asarray(value, dtype=np.float32), row[key])
     summary = f"doc_id, {name}_{dim}_calibration" if method.needs_calibration else "doc_id"
     assert body["yql"].startswith(f"select {summary} from doc where ")
-    if first_phase:
-        nn_name = nn_input_name(method, dim)
-        bits = field_name(name, dim, method.hamming_role)
+    allowed = {f"input.query({k})" for k in declared} | {"yql", "ranking.profile", "hits", "timeout",
+                                                         "ranking.softtimeout.enable"}
+    if two_phase:
+        nn_name = first_phase_input(method, dim)
+        bits = first_phase_field(method, dim)
+        assert bits == (signs_field(dim) if sign_role(method) is None else field_name(name, dim, sign_role(method)))
         assert f"{{targetHits:77, approximate:false}}nearestNeighbor({bits}, {nn_name})" in body["yql"]
-        assert body[f"input.query({nn_name})"] == nn[0].astype(int).tolist()
-        assert nn_name in declared  # binary_hamming/rescore: the NN tensor is an existing input
-        assert ("ranking.rerankCount" in body) == (name == "binary_rescore")
+        assert body[f"input.query({nn_name})"] == nn.astype(int).tolist()
+        assert body["ranking.globalPhase.rerankCount"] == 77
+        allowed |= {f"input.query({nn_name})", "ranking.globalPhase.rerankCount"}
     else:
-        assert "targetHits" not in body["yql"] and body["yql"].endswith("where true")
-        assert "ranking.rerankCount" not in body
-    extra = {f"input.query({k})" for k in declared} | {"yql", "ranking.profile", "hits", "timeout",
-                                                       "ranking.softtimeout.enable", "ranking.rerankCount"}
-    if first_phase:
-        extra.add(f"input.query({nn_input_name(method, dim)})")
-    assert set(body) <= extra
+        assert body["yql"].endswith("where true")
+    assert set(body) <= allowed
 
 
 @pytest.mark.parametrize("name", ["lloyd_max_gauss", "binary_median_asym", "int8_asym"])
 def test_slot_b_queries_read_slot_b(encoded: dict, name: str) -> None:
     method = METHODS[name]
-    calibration, _, queries = encoded[(name, 256)]
-    row = {key: value[0] for key, value in query_inputs(method, queries, calibration).items()}
-    first_phase = method.hamming_role is not None
-    nn = hamming_query(method, queries, calibration)[0] if first_phase else None
-    a = query_body(method, 256, row, hits=10, first_phase=first_phase, k1=50, nn_query=nn)
-    b = query_body(method, 256, row, hits=10, first_phase=first_phase, k1=50, nn_query=nn, slot="b")
+    row, nn = _row(encoded, name, 256)
+    a = query_body(method, 256, row, hits=10, k1=50, nn_query=nn)
+    b = query_body(method, 256, row, hits=10, k1=50, nn_query=nn, slot="b")
     assert (a["ranking.profile"], b["ranking.profile"]) == (f"{name}_256", f"{name}_256_b")
     assert b["yql"].startswith(f"select doc_id, {name}_256_calibration_b from doc where ")
-    if first_phase:
-        bits = field_name(name, 256, method.hamming_role)
+    if sign_role(method):
+        bits = field_name(name, 256, sign_role(method))
         assert f"nearestNeighbor({bits}_b, " in b["yql"] and f"nearestNeighbor({bits}, " in a["yql"]
+    else:
+        assert "nearestNeighbor(signs_256, q_nn)" in a["yql"] and "nearestNeighbor(signs_256, q_nn)" in b["yql"]
     assert {k: v for k, v in a.items() if k not in ("yql", "ranking.profile")} == \
         {k: v for k, v in b.items() if k not in ("yql", "ranking.profile")}
     with pytest.raises(VespaError, match="float32@256: slot 'b' does not exist"):
-        query_body(METHODS["float32"], 256, {"q": queries[0]}, hits=10, first_phase=False, k1=50, nn_query=None,
-                   slot="b")
+        query_body(METHODS["float32"], 256, _row(encoded, "float32", 256)[0], hits=10, k1=None, nn_query=None, slot="b")
 
 
 def test_slot_calibration_count_is_an_exact_attribute_match() -> None:
@@ -242,32 +248,29 @@ def test_slot_calibration_count_is_an_exact_attribute_match() -> None:
         slot_calibration_count_body("int8_asym", 384, "b", 'x" or true or "')
 
 
-@pytest.mark.parametrize("name", [n for n, m in METHODS.items() if m.hamming_role and not m.always_first_phase])
-def test_optional_hamming_first_phase_uses_q_nn(encoded: dict, name: str) -> None:
-    method = METHODS[name]
-    calibration, _, queries = encoded[(name, 256)]
-    row = {key: value[0] for key, value in query_inputs(method, queries, calibration).items()}
-    nn = hamming_query(method, queries, calibration)[0]
-    body = query_body(method, 256, row, hits=10, first_phase=True, k1=50, nn_query=nn)
-    assert "{targetHits:50, approximate:false}nearestNeighbor(" in body["yql"]
-    assert f"nearestNeighbor({field_name(name, 256, method.hamming_role)}, q_nn)" in body["yql"]
-    assert len(body["input.query(q_nn)"]) == 32
-    assert nn_input_declarations(method, 256) == {"q_nn": "tensor<int8>(x[32])"}
+def test_puts_carry_the_shared_sign_bits(encoded: dict) -> None:
+    doc_ids = [f"doc-{i}" for i in range(40)]
+    calibration, codes, _ = encoded[("float32", 256)]
+    signs = np.packbits(codes["vector"] > 0, axis=1).view(np.int8)
+    put = next(iter(feed_documents(doc_ids, {("float32", 256, "a"): codes}, METHODS, {}, {256: signs})))
+    np.testing.assert_array_equal(decode_tensor_hex(put["fields"]["signs_256"]["values"], "int8"), signs[0])
+    with pytest.raises(VespaError, match=r"signs_256: shape \(39, 32\)"):
+        next(iter(feed_documents(doc_ids, {("float32", 256, "a"): codes}, METHODS, {}, {256: signs[1:]})))
 
 
 def test_query_body_errors_name_the_profile(encoded: dict) -> None:
     method = METHODS["binary_asym"]
-    calibration, _, queries = encoded[("binary_asym", 384)]
-    row = {key: value[0] for key, value in query_inputs(method, queries, calibration).items()}
+    row, nn = _row(encoded, "binary_asym", 384)
     with pytest.raises(VespaError, match=rf"hits=401 must be in \[1, {MAX_HITS}\]"):
-        query_body(method, 384, row, hits=401, first_phase=False, k1=100, nn_query=None)
-    with pytest.raises(VespaError, match=r"binary_asym_384: query inputs \['w'\] .*missing \['offset'\]"):
-        query_body(method, 384, {"w": row["w"]}, hits=10, first_phase=False, k1=100, nn_query=None)
-    with pytest.raises(VespaError, match=r"query\(w\) has shape \(256,\), declared tensor<float>\(x\[384\]\)"):
-        query_body(method, 384, {**row, "w": row["w"][:256]}, hits=10, first_phase=False, k1=100, nn_query=None)
+        query_body(method, 384, row, hits=401, k1=None, nn_query=None)
+    with pytest.raises(VespaError, match=r"binary_asym_384_exhaustive: query inputs \['w_bits'\] .*missing \['offset'\]"):
+        query_body(method, 384, {"w_bits": row["w_bits"]}, hits=10, k1=None, nn_query=None)
+    with pytest.raises(VespaError, match=r"query\(w_bits\) has shape \(256,\), declared tensor<float>\(x\[384\]\)"):
+        query_body(method, 384, {**row, "w_bits": row["w_bits"][:256]}, hits=10, k1=None, nn_query=None)
     with pytest.raises(VespaError, match="needs the packed query bits"):
-        query_body(method, 384, row, hits=10, first_phase=True, k1=100, nn_query=None)
-    with pytest.raises(VespaError, match="no sign bits"):
-        float32 = METHODS["float32"]
-        cal, _, q = encoded[("float32", 384)]
-        query_body(float32, 384, {"q": q[0]}, hits=10, first_phase=True, k1=100, nn_query=np.zeros(48))
+        query_body(method, 384, row, hits=10, k1=100, nn_query=None)
+    with pytest.raises(VespaError, match="at least hits=20"):
+        query_body(method, 384, row, hits=20, k1=10, nn_query=nn)
+    with pytest.raises(VespaError, match="defined by its Hamming first phase"):
+        query_body(METHODS["binary_hamming"], 384, _row(encoded, "binary_hamming", 384)[0], hits=10, k1=None,
+                   nn_query=None)

@@ -100,7 +100,8 @@ class VespaBackend:
         return slot, fed["id"]
 
     def search(self, method: Quantizer, calibration: Calibration, codes: Arrays,
-               queries: np.ndarray, k: int, k1: int | None = None) -> BackendHits:
+               queries: np.ndarray, k: int, k1: int | None = None, signs: np.ndarray | None = None) -> BackendHits:
+        """Top-``k`` hits of every query from Vespa (``signs`` are unused: Vespa stores its own)."""
         n_docs = len(next(iter(codes.values())))
         if n_docs != len(self.doc_ids):
             raise VespaError(f"codes hold {n_docs} documents but the backend knows {len(self.doc_ids)} doc ids")
