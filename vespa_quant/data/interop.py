@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def from_beir(
                             f"got {type(judged).__name__}")
         for doc_key, score in judged.items():
             where = f"[{query_key!r}][{doc_key!r}]"
-            if isinstance(score, bool) or not hasattr(score, "__index__"):
+            if isinstance(score, bool) or not isinstance(score, numbers.Integral):
                 raise DataError(f"qrels{where}: score {score!r} is not an integer")
             query_id, doc_id = str(query_key), str(doc_key)
             if not query_id.strip() or not doc_id.strip():
@@ -126,8 +127,9 @@ def load_with_beir(name_or_path: str | Path, split: str = "test",
                    data_root: str | Path | None = None) -> BeirDataset:
     """Read a folder with BEIR's own ``GenericDataLoader``, then check it with :func:`from_beir`.
 
-    Useful to confirm that BEIR and we see the same dataset; :func:`~vespa_quant.data.beir.
-    load_beir` is the better reader (it names file and line, and never downloads silently here).
+    Useful to confirm that BEIR and we see the same dataset. :func:`~vespa_quant.data.beir.load_beir`
+    is the better reader: BEIR's fails with a bare ``KeyError`` or ``JSONDecodeError`` where ours
+    names file and line. This one never downloads.
     """
     from beir.datasets.data_loader import GenericDataLoader
 

@@ -35,11 +35,8 @@ def check_rows(
     ``file_rows`` maps each row of ``vectors`` to its row in the file it came from, so the
     message points into that file when the rows were reordered.
     """
-    norms = _norms(vectors)
-    for bad, problem in (
-        (~np.isfinite(vectors).all(axis=1), "has NaN or infinite values"),
-        (norms == 0, "is all zeros"),
-    ):
+    finite, norms = _row_stats(vectors)
+    for bad, problem in ((~finite, "has NaN or infinite values"), (norms == 0, "is all zeros")):
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             row = int(file_rows[first]) if file_rows is not None else first
@@ -52,7 +49,7 @@ def check_rows(
 def normalise_rows(vectors: np.ndarray, what: str) -> np.ndarray:
     """Unit-length float32 rows; warn once when some rows were not (see the module docstring)."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    norms = _norms(vectors)
+    _, norms = _row_stats(vectors)
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if not off.any():
         return vectors
@@ -61,7 +58,7 @@ def normalise_rows(vectors: np.ndarray, what: str) -> np.ndarray:
         "since every method assumes cosine similarity",
         what, int(off.sum()), len(vectors), float(norms.min()), float(norms.max()),
     )
-    return (vectors / norms[:, None].astype(np.float32)).astype(np.float32)
+    return vectors / norms[:, None]
 
 
 def cache_entry_problem(vectors: np.ndarray, n_rows: int, dim: int | None) -> str | None:
@@ -76,13 +73,21 @@ def cache_entry_problem(vectors: np.ndarray, n_rows: int, dim: int | None) -> st
         return f"dtype {vectors.dtype}, expected float32"
     if dim is not None and vectors.shape[1] != dim:
         return f"{vectors.shape[1]} dims, expected {dim}"
-    if not np.isfinite(vectors).all():
+    finite, norms = _row_stats(vectors)
+    if not finite.all():
         return "NaN or infinite values"
-    if n_rows and np.abs(_norms(vectors) - 1.0).max() > NORM_TOLERANCE:
+    if n_rows and np.abs(norms - 1.0).max() > NORM_TOLERANCE:
         return "rows that are not unit length"
     return None
 
 
-def _norms(vectors: np.ndarray) -> np.ndarray:
+def _row_stats(vectors: np.ndarray, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: all finite, and the L2 norm (float32), computed blockwise to bound memory."""
+    finite = np.empty(len(vectors), dtype=bool)
+    norms = np.empty(len(vectors), dtype=np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        return np.linalg.norm(vectors.astype(np.float64, copy=False), axis=1)
+        for start in range(0, len(vectors), block_rows):
+            block = vectors[start:start + block_rows]
+            finite[start:start + len(block)] = np.isfinite(block).all(axis=1)
+            norms[start:start + len(block)] = np.linalg.norm(block, axis=1)
+    return finite, norms
