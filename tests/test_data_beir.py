@@ -11,8 +11,6 @@ from vespa_quant.data import beir
 from vespa_quant.data.beir import BeirDataset, load_beir
 from vespa_quant.errors import DataError
 
-SCIFACT = Path(__file__).parents[2] / "shared" / "datasets" / "scifact"
-
 CORPUS = [
     {"_id": "d1", "title": "Title one", "text": "Body one."},
     {"_id": "d2", "title": "", "text": "Body two."},
@@ -84,18 +82,20 @@ def test_other_split(tmp_path: Path) -> None:
 
 
 def test_download_failure_explains_how_to_work_offline(tmp_path: Path, monkeypatch) -> None:
-    import requests
+    import socket
 
-    def offline(*args, **kwargs):
-        raise requests.ConnectionError("no route to host")
-
-    monkeypatch.setattr(requests, "get", offline)
+    with socket.socket() as probe:  # a port nobody listens on: connection refused, at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("VESPA_QUANT_BEIR_URL", f"http://127.0.0.1:{port}/datasets")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with pytest.raises(DataError) as caught:
         load_beir("nfcorpus", data_root=tmp_path)
     message = str(caught.value)
-    assert "nfcorpus" in message and "no route to host" in message
+    assert "nfcorpus" in message and f"127.0.0.1:{port}/datasets/nfcorpus.zip" in message
     assert "--data-root" in message and "VESPA_QUANT_DATA" in message
-    assert not list(tmp_path.glob("*.part"))
+    assert "\n" not in message
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_folder_given_as_path(tmp_path: Path) -> None:
@@ -119,6 +119,14 @@ BAD_JSONL = [
     ("corpus", '{"_id": "d1", "title": "a title"}\n', 'corpus.jsonl line 1: missing "text"'),
     ("corpus", '["d1", "text"]\n', "corpus.jsonl line 1: expected a JSON object"),
     ("corpus", '{"_id": "d1", "text": 5}\n', 'corpus.jsonl line 1: non-string "text"'),
+    ("corpus", OK_LINE + '{"_id": "", "text": "b"}\n', 'corpus.jsonl line 2: empty "_id"'),
+    ("corpus", OK_LINE + '{"_id": "  ", "text": "b"}\n', 'corpus.jsonl line 2: empty "_id"'),
+    (
+        "corpus",
+        OK_LINE + '{"_id": "d2", "title": " ", "text": ""}\n',
+        "corpus.jsonl line 2: empty document 'd2' \\(title and text are both empty\\)",
+    ),
+    ("queries", '{"_id": "q1", "text": "  "}\n', "queries.jsonl line 1: empty \"text\" for query 'q1'"),
     (
         "corpus",
         OK_LINE + '{"_id": "d2", "text": "b"}\n{"_id": "d1", "text": "c"}\n',
@@ -153,7 +161,12 @@ BAD_QRELS = [
     (HEADER + "q1\td1\t1\nq3 d2 1\n", "qrels/test.tsv line 3: expected 3 tab-separated columns"),
     (HEADER + "q1\td1\t1\t9\n", "qrels/test.tsv line 2: expected 3 .*, got 4"),
     (HEADER + "q1\td1\t0.5\n", "qrels/test.tsv line 2: score '0.5' is not an integer"),
-    (HEADER + "\nq9\td1\t1\n", "qrels/test.tsv line 3: query id 'q9' is not in queries.jsonl"),
+    (HEADER + "q1\t\t1\n", "qrels/test.tsv line 2: empty corpus-id"),
+    (
+        HEADER + "q1\td1\t1\nq3\td2\t1\nq1\td1\t2\n",
+        r"qrels/test.tsv line 4: \('q1', 'd1'\) judged 2 here but 1 on line 2",
+    ),
+    (HEADER + "q9\td1\t1\n", "qrels/test.tsv: no judged query of split 'test' is in queries.jsonl"),
 ]
 
 
@@ -181,15 +194,93 @@ def test_dataset_rejects_mismatched_lengths() -> None:
         BeirDataset("x", Path("."), ["a", "b"], ["t"], [], [], {}, "0" * 16)
 
 
-@pytest.mark.skipif(not SCIFACT.is_dir(), reason=f"SciFact not found at {SCIFACT}")
-def test_scifact_test_split() -> None:
-    dataset = load_beir(SCIFACT)
+def test_scifact_test_split(scifact_dir: Path) -> None:
+    dataset = load_beir(scifact_dir)
     assert len(dataset.doc_ids) == 5183
     assert len(dataset.query_ids) == 300
     assert dataset.n_judgements == 339
     assert set(dataset.qrels) == set(dataset.query_ids)
     assert "scifact" in repr(dataset) and "doc_texts" not in repr(dataset)
+    assert dataset.notes == []
 
 
-def test_module_exports_url_template() -> None:
-    assert beir.BEIR_URL.format(name="scifact").endswith("/BEIR/datasets/scifact.zip")
+def test_title_alone_is_a_document(tmp_path: Path) -> None:
+    corpus = [{"_id": "d1", "title": "Only a title", "text": ""}]
+    dataset = load_beir(write_dataset(tmp_path, corpus=corpus, qrels=HEADER + "q1\td1\t1\n"))
+    assert dataset.doc_texts == ["Only a title"]
+
+
+# --- notes: what loading dropped or tolerated ---------------------------------------------
+
+
+def test_notes_summarise_dropped_queries_and_missing_documents(tmp_path: Path, caplog) -> None:
+    qrels = QRELS + "q9\td1\t1\nq8\td2\t1\nq1\td1\t2\n"
+    with caplog.at_level("WARNING", logger="vespa_quant.data.beir"):
+        dataset = load_beir(write_dataset(tmp_path, qrels=qrels))
+    assert dataset.query_ids == ["q1", "q3"]
+    assert set(dataset.qrels) == {"q1", "q3"}
+    assert dataset.notes == [
+        "qrels/test.tsv: 1 judgement(s) repeat an earlier line with the same score and were "
+        "counted once (first on line 7)",
+        "qrels/test.tsv: dropped 2 judged queries missing from queries.jsonl: 'q9' (line 5), "
+        "'q8' (line 6)",
+        "queries.jsonl: 1 of 3 queries have no judgement in split 'test' and are not evaluated",
+        "qrels/test.tsv: 1 judged document(s) missing from corpus.jsonl, kept as relevant but "
+        "unretrievable (as BEIR scores them): 'not-in-corpus' (query 'q1')",
+    ]
+    # Repeats and dropped judged queries are also logged; unjudged queries are normal in BEIR.
+    assert [r.getMessage() for r in caplog.records] == dataset.notes[:2]
+
+
+def test_clean_dataset_has_no_notes(tmp_path: Path) -> None:
+    corpus = [{"_id": "d1", "text": "a"}, {"_id": "d2", "text": "b"}]
+    queries = [{"_id": "q1", "text": "x"}]
+    dataset = load_beir(write_dataset(tmp_path, corpus, queries, HEADER + "q1\td2\t1\n"))
+    assert dataset.notes == []
+
+
+def test_notes_preview_is_bounded(tmp_path: Path) -> None:
+    qrels = HEADER + "q1\td1\t1\n" + "".join(f"q1\tgone{i}\t1\n" for i in range(5))
+    dataset = load_beir(write_dataset(tmp_path, qrels=qrels))
+    (missing,) = [note for note in dataset.notes if "missing from corpus" in note]
+    assert missing.startswith("qrels/test.tsv: 5 judged document(s)")
+    assert missing.endswith("'gone2' (query 'q1') and 2 more")
+
+
+# --- name or path (issue 8) -----------------------------------------------------------------
+
+
+def test_bare_name_resolves_under_data_root_not_current_folder(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "root"
+    write_dataset(root)
+    decoy = tmp_path / "cwd"
+    write_dataset(decoy, corpus=[{"_id": "decoy", "text": "wrong folder"}],
+                  qrels=HEADER + "q1\tdecoy\t1\n")
+    monkeypatch.chdir(decoy)  # ./tiny exists here, but a bare name means the data root
+    assert load_beir("tiny", data_root=root).doc_ids == ["d1", "d2", "d3"]
+    assert load_beir("./tiny", data_root=root).doc_ids == ["decoy"]
+    assert load_beir(Path("tiny"), data_root=root).doc_ids == ["decoy"]
+
+
+@pytest.mark.parametrize(
+    ("given", "is_path"),
+    [("scifact", False), ("cqadupstack.android", False), ("./scifact", True), ("../x", True),
+     ("..", True), ("~/data/scifact", True), ("/abs/scifact", True), ("a/b", True),
+     (".hidden", True)],
+)
+def test_looks_like_path(given: str, is_path: bool) -> None:
+    assert beir.looks_like_path(given) is is_path
+
+
+@pytest.mark.parametrize("name", ["..", ".", "/abs", "a/../../b", "", "-x", "a\x00b", "sci fact"])
+def test_unsafe_dataset_names_are_rejected(name: str) -> None:
+    with pytest.raises(DataError, match=r"dataset name .*: expected one folder name") as caught:
+        beir.check_dataset_name(name)
+    assert "\n" not in str(caught.value)
+
+
+def test_path_like_dataset_that_does_not_exist(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for given in ("a/../../b", "../nowhere", "/nonexistent/scifact"):
+        with pytest.raises(DataError, match=r"dataset folder not found"):
+            load_beir(given, data_root=tmp_path)

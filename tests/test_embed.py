@@ -59,6 +59,10 @@ def fake_loader(monkeypatch):
     return loads, model
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def tiny_dataset() -> BeirDataset:
     return BeirDataset(
         name="tiny",
@@ -179,8 +183,9 @@ def test_seed_cache_then_embed_dataset_skips_model(tmp_path: Path, fake_loader) 
     seed_cache("all-MiniLM-L6-v2", dataset.query_texts, "query", queries, tmp_path)
     got_docs, got_queries = embed_dataset(dataset, "all-MiniLM-L6-v2", cache_dir=tmp_path)
     assert loads == []
-    np.testing.assert_array_equal(got_docs, docs)
-    np.testing.assert_array_equal(got_queries, queries)
+    # Seeded rows are stored unit length (every method assumes cosine), direction unchanged.
+    np.testing.assert_allclose(got_docs, unit(docs), rtol=1e-6)
+    np.testing.assert_allclose(got_queries, unit(queries), rtol=1e-6)
     with pytest.raises(EmbeddingError, match="have 768 dims, all-MiniLM-L6-v2 produces 384"):
         seed_cache("all-MiniLM-L6-v2", ["a"], "query", np.zeros((1, 768)), tmp_path)
     with pytest.raises(EmbeddingError, match="expected 2 rows"):
@@ -232,7 +237,7 @@ def test_load_precomputed_reorders_and_subsets(precomputed_files, ids_name: str)
     folder, vectors = precomputed_files
     got = load_precomputed(folder / "v.npy", folder / ids_name, ["c", "a"])
     assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, vectors[[2, 0]])
+    np.testing.assert_allclose(got, unit(vectors[[2, 0]]), rtol=1e-6)
 
 
 def test_load_precomputed_errors(precomputed_files) -> None:
@@ -297,7 +302,8 @@ def test_unavailable_hub_model_suggests_precomputed(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
         EmbeddingError,
-        match=r"'nomic-ai/nomic-embed-text-v1.5' \(HF_HUB_OFFLINE is set\)"
+        match=r"'nomic-ai/nomic-embed-text-v1.5' at revision b0753ae7\w{32} "
+        r"\(HF_HUB_OFFLINE is set\)"
         r".*couldn't connect.*precomputed",
     ):
         encoder.load_model("nomic-embed-text-v1.5")

@@ -1,4 +1,4 @@
-"""Load a retrieval dataset in BEIR's on-disk layout.
+"""Load a retrieval dataset in BEIR's on-disk layout, checking every line.
 
 BEIR folder layout (Thakur et al., 2021)::
 
@@ -10,25 +10,33 @@ The loader reproduces BEIR's ``GenericDataLoader`` semantics so that scores are 
 published BEIR numbers: documents are embedded as ``(title + " " + text).strip()`` (the
 sentence-transformers convention of BEIR's dense-retrieval models), and only queries that have a
 judgement in the chosen split are kept. Unlike BEIR, malformed input is an error naming the file
-and line instead of a ``KeyError`` deep inside evaluation.
+and line instead of a ``KeyError`` deep inside evaluation, and whatever is dropped or kept
+against expectation is summarised in :attr:`BeirDataset.notes` for the CLI to print.
+
+``GenericDataLoader``'s dicts enter through the same checks (:mod:`vespa_quant.data.interop`);
+downloads by name live in :mod:`vespa_quant.data.download`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import zipfile
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vespa_quant.errors import DataError
 
-BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+logger = logging.getLogger(__name__)
+
 DATA_ROOT_ENV = "VESPA_QUANT_DATA"
 DEFAULT_DATA_ROOT = Path("~/.cache/vespa-quant/datasets")
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+PREVIEW = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,9 @@ class BeirDataset:
     ``fingerprint`` is the first 16 hex chars of sha256 over the corpus, queries and qrels file
     bytes; results and embedding caches record it so a silently edited dataset is noticed.
     It is computed while loading (a frozen dataclass cannot cache a lazy property).
+    ``notes`` are one-line summaries of what loading dropped or tolerated (queries without
+    judgements, judged documents missing from the corpus, repeated qrels lines): facts a user
+    should see next to a score, not errors.
     """
 
     name: str
@@ -49,6 +60,7 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]] = field(repr=False)
     fingerprint: str
     split: str = "test"
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.doc_ids) != len(self.doc_texts):
@@ -77,6 +89,49 @@ def resolve_data_root(data_root: str | Path | None = None) -> Path:
     return DEFAULT_DATA_ROOT.expanduser()
 
 
+def looks_like_path(name_or_path: str) -> bool:
+    """Whether ``--dataset`` input names a folder rather than a dataset.
+
+    A dataset name never contains a separator, never starts with ``.`` or ``~`` and is never
+    absolute; anything that does was typed as a path. Everything else is a name, so a folder
+    called ``scifact`` in the current directory cannot shadow ``<data root>/scifact``
+    (write ``./scifact`` to mean that folder).
+    """
+    separators = [os.sep, "/"] + ([os.altsep] if os.altsep else [])
+    return (
+        any(sep in name_or_path for sep in separators)
+        or name_or_path.startswith((".", "~"))
+        or os.path.isabs(name_or_path)
+    )
+
+
+def check_dataset_name(name: str) -> str:
+    """Return ``name`` if it is one safe folder name; reject anything that could leave the root.
+
+    Names are joined to the data root and to download URLs, so ``..``, absolute paths and
+    ``a/../../b`` must never get that far.
+    """
+    if not DATASET_NAME.fullmatch(name):
+        raise DataError(
+            f"dataset name {name!r}: expected one folder name of letters, digits, '.', '_' or "
+            "'-' that starts with a letter or digit (to load a folder, give a path such as "
+            "./my-data)"
+        )
+    return name
+
+
+def dataset_folder(name_or_path: str | Path, data_root: str | Path | None = None) -> Path:
+    """Folder of a dataset: a path as given, or a name under the data root (maybe absent).
+
+    A :class:`~pathlib.Path` is always a path; a string is a path only when
+    :func:`looks_like_path` says so, otherwise it is a name resolved under
+    :func:`resolve_data_root`.
+    """
+    if isinstance(name_or_path, Path) or looks_like_path(name_or_path):
+        return Path(name_or_path).expanduser()
+    return resolve_data_root(data_root) / check_dataset_name(name_or_path)
+
+
 def load_beir(
     name_or_path: str | Path,
     split: str = "test",
@@ -84,20 +139,20 @@ def load_beir(
 ) -> BeirDataset:
     """Load ``split`` of a BEIR dataset given a folder, or a name looked up under the data root.
 
-    A name that is not yet under the data root is downloaded from BEIR's public mirror, so
-    ``load_beir("scifact")`` works on a fresh machine with network and fails with a message
-    saying where to put the folder on one without.
+    Name or path: see :func:`dataset_folder`. A name that is not yet under the data root is
+    downloaded from BEIR's mirror and checked against BEIR's published md5
+    (:func:`vespa_quant.data.download.download_beir`), so ``load_beir("scifact")`` works on a
+    fresh machine with network and fails with a message saying where to put the folder on one
+    without.
     """
-    as_path = Path(name_or_path).expanduser()
-    if as_path.is_dir():
-        folder = as_path
-    elif _looks_like_path(str(name_or_path)):
-        raise DataError(f"{name_or_path}: dataset folder not found")
-    else:
-        root = resolve_data_root(data_root)
-        folder = root / str(name_or_path)
-        if not folder.is_dir():
-            folder = download_beir(str(name_or_path), root)
+    folder = dataset_folder(name_or_path, data_root)
+    if not folder.is_dir():
+        if isinstance(name_or_path, Path) or looks_like_path(name_or_path):
+            raise DataError(f"{name_or_path}: dataset folder not found")
+        # Imported here: download depends on this module (names, data root).
+        from vespa_quant.data.download import download_beir
+
+        folder = download_beir(str(name_or_path), resolve_data_root(data_root))
 
     corpus_path = folder / "corpus.jsonl"
     queries_path = folder / "queries.jsonl"
@@ -115,89 +170,177 @@ def load_beir(
     fingerprint = hashlib.sha256()
     doc_ids: list[str] = []
     doc_texts: list[str] = []
-    for _, record in _read_jsonl(corpus_path, fingerprint):
-        title = record.get("title") or ""
-        doc_ids.append(record["_id"])
-        doc_texts.append((str(title) + " " + record["text"]).strip())
+    for where, record in _read_jsonl(corpus_path, fingerprint):
+        doc_id, text = document_record(record, where)
+        doc_ids.append(doc_id)
+        doc_texts.append(text)
 
     all_queries: dict[str, str] = {}
-    for _, record in _read_jsonl(queries_path, fingerprint):
-        all_queries[record["_id"]] = record["text"]
+    for where, record in _read_jsonl(queries_path, fingerprint):
+        query_id, text = query_record(record, where)
+        all_queries[query_id] = text
 
-    qrels = _read_qrels(qrels_path, set(all_queries), fingerprint)
+    judgements = Judgements(f"{qrels_path.parent.name}/{qrels_path.name}")
+    _read_qrels(qrels_path, judgements, fingerprint)
+    return assemble(
+        name=folder.name, path=folder, doc_ids=doc_ids, doc_texts=doc_texts,
+        all_queries=all_queries, judgements=judgements, fingerprint=fingerprint.hexdigest()[:16],
+        split=split, labels=("corpus.jsonl", "queries.jsonl"),
+    )
+
+
+def document_record(record: Mapping[str, object], where: str) -> tuple[str, str]:
+    """``(doc_id, text to embed)`` of one corpus record, or an error naming ``where``.
+
+    The text is ``(title + " " + text).strip()``, BEIR's convention; a document whose title and
+    text are both empty would be embedded as the empty string and is rejected.
+    """
+    doc_id = _record_id(record, where)
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise DataError(f'{where}: {"missing" if text is None else "non-string"} "text"')
+    title = record.get("title") or ""
+    joined = (str(title) + " " + text).strip()
+    if not joined:
+        raise DataError(f"{where}: empty document {doc_id!r} (title and text are both empty)")
+    return doc_id, joined
+
+
+def query_record(record: Mapping[str, object], where: str) -> tuple[str, str]:
+    """``(query_id, text)`` of one query record, or an error naming ``where``."""
+    query_id = _record_id(record, where)
+    text = record.get("text")
+    if not isinstance(text, str):
+        raise DataError(f'{where}: {"missing" if text is None else "non-string"} "text"')
+    if not text.strip():
+        raise DataError(f'{where}: empty "text" for query {query_id!r}')
+    return query_id, text
+
+
+def _record_id(record: Mapping[str, object], where: str) -> str:
+    """The record's ``_id`` as ``str``: BEIR exports sometimes write numeric ids, qrels never."""
+    raw = record.get("_id")
+    if raw is None:
+        raise DataError(f'{where}: missing "_id"')
+    record_id = str(raw)
+    if not record_id.strip():
+        raise DataError(f'{where}: empty "_id"')
+    return record_id
+
+
+class Judgements:
+    """Qrels as they are read, with the first origin of each judgement for error messages.
+
+    A pair judged twice with different scores is an error (which one would BEIR keep? the last,
+    silently); the same score twice is harmless and only noted.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.qrels: dict[str, dict[str, int]] = {}
+        self.first_seen: dict[tuple[str, str], str] = {}
+        self.query_origin: dict[str, str] = {}
+        self.repeats: list[str] = []
+
+    def add(self, query_id: str, doc_id: str, score: int, where: str) -> None:
+        """Record one judgement; ``where`` is its place within ``label`` (e.g. ``line 7``)."""
+        judged = self.qrels.setdefault(query_id, {})
+        self.query_origin.setdefault(query_id, where)
+        if doc_id in judged:
+            if judged[doc_id] != score:
+                raise DataError(
+                    f"{self.label} {where}: ({query_id!r}, {doc_id!r}) judged {score} here but "
+                    f"{judged[doc_id]} on {self.first_seen[(query_id, doc_id)]}"
+                )
+            self.repeats.append(where)
+            return
+        judged[doc_id] = score
+        self.first_seen[(query_id, doc_id)] = where
+
+
+def assemble(
+    *,
+    name: str,
+    path: Path,
+    doc_ids: list[str],
+    doc_texts: list[str],
+    all_queries: dict[str, str],
+    judgements: Judgements,
+    fingerprint: str,
+    split: str,
+    labels: tuple[str, str],
+) -> BeirDataset:
+    """The dataset of one split, with its notes: the part shared by files and BEIR's dicts.
+
+    Judged queries missing from the queries are dropped (they could never be retrieved for, and
+    BEIR itself fails on them with a ``KeyError``); unjudged queries are not evaluated (BEIR's
+    rule); judged documents missing from the corpus are kept, because pytrec_eval then counts
+    them as relevant but unretrieved, which is what BEIR's published numbers do.
+    """
+    corpus_label, queries_label = labels
+    qrels_label = judgements.label
+    notes: list[str] = []
+    if judgements.repeats:
+        notes.append(
+            f"{qrels_label}: {len(judgements.repeats)} judgement(s) repeat an earlier line "
+            f"with the same score and were counted once (first on {judgements.repeats[0]})"
+        )
+        logger.warning("%s", notes[-1])
+    unknown = [q for q in judgements.qrels if q not in all_queries]
+    if unknown:
+        shown = ", ".join(_with_origin(q, judgements.query_origin[q]) for q in unknown[:PREVIEW])
+        notes.append(
+            f"{qrels_label}: dropped {len(unknown)} judged quer{'y' if len(unknown) == 1 else 'ies'}"
+            f" missing from {queries_label}: {shown}{_more(unknown)}"
+        )
+        logger.warning("%s", notes[-1])
+    qrels = {q: judged for q, judged in judgements.qrels.items() if q in all_queries}
+    if not qrels:
+        raise DataError(
+            f"{qrels_label}: no judged query of split {split!r} is in {queries_label}"
+        )
+    unjudged = len(all_queries) - len(qrels)
+    if unjudged:
+        notes.append(
+            f"{queries_label}: {unjudged} of {len(all_queries)} queries have no judgement in "
+            f"split {split!r} and are not evaluated"
+        )
+    known_docs = set(doc_ids)
+    missing = [(q, d) for q, judged in qrels.items() for d in judged if d not in known_docs]
+    if missing:
+        shown = ", ".join(f"{d!r} (query {q!r})" for q, d in missing[:PREVIEW])
+        notes.append(
+            f"{qrels_label}: {len(missing)} judged document(s) missing from {corpus_label}, "
+            f"kept as relevant but unretrievable (as BEIR scores them): {shown}{_more(missing)}"
+        )
     query_ids = [query_id for query_id in all_queries if query_id in qrels]
     return BeirDataset(
-        name=folder.name,
-        path=folder,
+        name=name,
+        path=path,
         doc_ids=doc_ids,
         doc_texts=doc_texts,
         query_ids=query_ids,
         query_texts=[all_queries[query_id] for query_id in query_ids],
         qrels=qrels,
-        fingerprint=fingerprint.hexdigest()[:16],
+        fingerprint=fingerprint,
         split=split,
+        notes=notes,
     )
 
 
-def download_beir(name: str, data_root: str | Path) -> Path:
-    """Download and unzip BEIR's ``{name}.zip`` into ``data_root``; return the dataset folder.
-
-    Streams to a ``.part`` file and renames it only when complete, so an interrupted download
-    never leaves a truncated zip that a later run would trust.
-    """
-    import requests
-    from tqdm.auto import tqdm
-
-    root = Path(data_root).expanduser()
-    url = BEIR_URL.format(name=name)
-    hint = (
-        f"place the BEIR folder at {root / name} yourself, or point --data-root / "
-        f"${DATA_ROOT_ENV} at a folder that holds it"
-    )
-    zip_path = root / f"{name}.zip"
-    part_path = root / f"{name}.zip.part"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with requests.get(url, stream=True, timeout=60) as response:
-            if response.status_code == 404:
-                raise DataError(f"{name}: not a BEIR dataset ({url} answered 404); {hint}")
-            response.raise_for_status()
-            total = int(response.headers.get("content-length", 0)) or None
-            with open(part_path, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"download {name}"
-            ) as progress:
-                for chunk in response.iter_content(chunk_size=1 << 20):
-                    out.write(chunk)
-                    progress.update(len(chunk))
-        os.replace(part_path, zip_path)
-        with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(root)
-    except requests.RequestException as exc:
-        raise DataError(f"{name}: could not download {url} ({exc}); {hint}") from exc
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{zip_path}: not a valid zip archive ({exc}); {hint}") from exc
-    except OSError as exc:
-        raise DataError(f"{name}: could not save the download under {root} ({exc})") from exc
-    finally:
-        part_path.unlink(missing_ok=True)
-    zip_path.unlink(missing_ok=True)
-
-    folder = root / name
-    if not folder.is_dir():
-        raise DataError(f"{zip_path}: archive did not contain a {name}/ folder; {hint}")
-    return folder
+def _with_origin(query_id: str, origin: str) -> str:
+    return f"{query_id!r} ({origin})" if origin.startswith("line") else repr(query_id)
 
 
-def _looks_like_path(name: str) -> bool:
-    """A dataset *name* never contains a separator, so such input was meant as a folder."""
-    return os.sep in name or "/" in name or name.startswith((".", "~"))
+def _more(items: list) -> str:
+    return f" and {len(items) - PREVIEW} more" if len(items) > PREVIEW else ""
 
 
-def _read_jsonl(path: Path, fingerprint: "hashlib._Hash") -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` with a string ``_id`` and ``text``; feed bytes to the hash.
+def _read_jsonl(path: Path, fingerprint: "hashlib._Hash") -> Iterator[tuple[str, dict]]:
+    """Yield ``("<file> line <n>", record)`` per JSON object; feed every byte to the hash.
 
-    Blank lines are skipped (trailing newlines are common); ids are coerced to ``str`` because
-    some BEIR exports write numeric ids and qrels always compare them as strings.
+    Blank lines are skipped (trailing newlines are common). Ids must be unique within a file:
+    BEIR would keep the last of two, silently.
     """
     seen: dict[str, int] = {}
     with open(path, "rb") as lines:
@@ -205,52 +348,39 @@ def _read_jsonl(path: Path, fingerprint: "hashlib._Hash") -> Iterator[tuple[int,
             fingerprint.update(raw)
             if not raw.strip():
                 continue
+            where = f"{path.name} line {line_number}"
             try:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise DataError(f"{path.name} line {line_number}: not valid JSON ({exc})") from exc
+                raise DataError(f"{where}: not valid JSON ({exc})") from exc
             if not isinstance(record, dict):
-                raise DataError(f"{path.name} line {line_number}: expected a JSON object")
-            if record.get("_id") is None:
-                raise DataError(f'{path.name} line {line_number}: missing "_id"')
-            if not isinstance(record.get("text"), str):
-                problem = "missing" if record.get("text") is None else "non-string"
-                raise DataError(f'{path.name} line {line_number}: {problem} "text"')
-            record_id = str(record["_id"])
+                raise DataError(f"{where}: expected a JSON object")
+            record_id = _record_id(record, where)
             if record_id in seen:
                 raise DataError(
-                    f"{path.name} line {line_number}: duplicate _id {record_id!r} "
-                    f"(first on line {seen[record_id]})"
+                    f"{where}: duplicate _id {record_id!r} (first on line {seen[record_id]})"
                 )
             seen[record_id] = line_number
-            record["_id"] = record_id
-            yield line_number, record
+            yield where, record
 
 
-def _read_qrels(
-    path: Path, known_query_ids: set[str], fingerprint: "hashlib._Hash"
-) -> dict[str, dict[str, int]]:
-    """Parse a BEIR qrels TSV into ``{query_id: {doc_id: score}}``.
-
-    Judged documents absent from the corpus are kept: pytrec_eval treats them as unretrieved
-    relevant documents, which is what BEIR's published numbers do. A judged *query* absent from
-    queries.jsonl is an error, because it would silently vanish from every metric.
-    """
-    qrels: dict[str, dict[str, int]] = {}
-    display = f"{path.parent.name}/{path.name}"
+def _read_qrels(path: Path, judgements: Judgements, fingerprint: "hashlib._Hash") -> None:
+    """Parse a BEIR qrels TSV (header, then ``query-id corpus-id score``) into ``judgements``."""
+    display = judgements.label
     header_seen = False
     with open(path, "rb") as lines:
         for line_number, raw in enumerate(lines, start=1):
             fingerprint.update(raw)
+            where = f"{display} line {line_number}"
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                raise DataError(f"{display} line {line_number}: not valid UTF-8 ({exc})") from exc
+                raise DataError(f"{where}: not valid UTF-8 ({exc})") from exc
             columns = line.split("\t")
             if line_number == 1:
                 if tuple(c.strip().lower() for c in columns) != QRELS_HEADER:
                     raise DataError(
-                        f"{display} line 1: missing header, expected "
+                        f"{where}: missing header, expected "
                         f"{chr(9).join(QRELS_HEADER)!r} separated by tabs, got {line!r}"
                     )
                 header_seen = True
@@ -259,21 +389,16 @@ def _read_qrels(
                 continue
             if len(columns) != 3:
                 raise DataError(
-                    f"{display} line {line_number}: expected 3 tab-separated columns "
+                    f"{where}: expected 3 tab-separated columns "
                     f"(query-id, corpus-id, score), got {len(columns)}"
                 )
             query_id, doc_id, score_text = (c.strip() for c in columns)
+            if not query_id or not doc_id:
+                raise DataError(f"{where}: empty {'query-id' if not query_id else 'corpus-id'}")
             try:
                 score = int(score_text)
             except ValueError as exc:
-                raise DataError(
-                    f"{display} line {line_number}: score {score_text!r} is not an integer"
-                ) from exc
-            if query_id not in known_query_ids:
-                raise DataError(
-                    f"{display} line {line_number}: query id {query_id!r} is not in queries.jsonl"
-                )
-            qrels.setdefault(query_id, {})[doc_id] = score
+                raise DataError(f"{where}: score {score_text!r} is not an integer") from exc
+            judgements.add(query_id, doc_id, score, f"line {line_number}")
     if not header_seen:
         raise DataError(f"{display} line 1: missing header (file is empty)")
-    return qrels

@@ -4,7 +4,9 @@ Embedding a corpus is the only expensive, non-deterministic-in-time step of the 
 on CPU for SciFact), while every quantization method downstream is cheap. So float32 embeddings
 are computed once per (model, kind, prompt, texts) and stored under a key derived from exactly
 those inputs: a changed prompt, edited document or reordered corpus gives a new key instead of
-silently reusing stale vectors.
+silently reusing stale vectors. Every matrix is checked on the way in (:mod:`.checks`): a
+cache entry that is not what the cache writes is recomputed, bring-your-own files with NaN,
+zero rows or the wrong width are rejected naming the file, row and id.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from vespa_quant.data.beir import BeirDataset
 from vespa_quant.embed import encoder
+from vespa_quant.embed.checks import cache_entry_problem, check_rows, normalise_rows
 from vespa_quant.embed.models import ModelSpec, TextKind, get_model_spec
 from vespa_quant.errors import EmbeddingError
 from vespa_quant.files import atomic_write_bytes
@@ -46,14 +49,19 @@ def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
     return DEFAULT_CACHE_DIR.expanduser()
 
 
-def cache_key(model_name: str, kind: TextKind, prompt: str, texts: Sequence[str]) -> str:
-    """sha256 hex over the model, text kind, prompt and texts (joined with NUL).
+def cache_key(model_name: str, kind: TextKind, prompt: str, texts: Sequence[str],
+              revisions: tuple[str | None, str | None] = (None, None)) -> str:
+    """sha256 hex over the model, text kind, prompt, texts (joined with NUL) and revisions.
 
     The text count is part of the header so no split of the joined texts can collide with
-    another list of texts.
+    another list of texts. ``revisions`` (weights, code) join the header only when set, so the
+    keys of unpinned models stay what they were.
     """
     digest = hashlib.sha256()
-    header = json.dumps([model_name, kind, prompt, len(texts)], ensure_ascii=False)
+    fields: list[object] = [model_name, kind, prompt, len(texts)]
+    if any(revisions):
+        fields.append(list(revisions))
+    header = json.dumps(fields, ensure_ascii=False)
     digest.update(header.encode("utf-8"))
     digest.update(b"\x00")
     digest.update("\x00".join(texts).encode("utf-8"))
@@ -66,10 +74,15 @@ def cache_path(
     kind: TextKind,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """File ``{model_slug}/{kind}-{key16}.npy`` under the cache dir that holds these embeddings."""
+    """File ``{model_slug}/{kind}-{key16}.npy`` under the cache dir that holds these embeddings.
+
+    The slug is one folder name (:attr:`ModelSpec.slug`), so the file is always inside the
+    cache dir whatever the model name was.
+    """
     spec = get_model_spec(model_name)
     _check_kind(kind)
-    key = cache_key(spec.name, kind, spec.prompt_for(kind), texts)
+    key = cache_key(spec.name, kind, spec.prompt_for(kind), texts,
+                    (spec.revision, spec.code_revision))
     return resolve_cache_dir(cache_dir) / spec.slug / f"{kind}-{key[:16]}.npy"
 
 
@@ -100,11 +113,14 @@ def seed_cache(
     """Store embeddings computed elsewhere (another machine, a GPU job) as this cache entry.
 
     The caller vouches that ``vectors`` were produced from ``texts`` with the registry's prompt
-    for ``kind``; shape is checked, provenance cannot be.
+    for ``kind``; shape, finiteness and non-zero rows are checked (rows are normalised with a
+    warning if they are not unit length), provenance cannot be.
     """
     spec = get_model_spec(model_name)
     vectors = np.asarray(vectors, dtype=np.float32)
     _check_shape(spec, vectors, len(texts), f"{kind} vectors")
+    check_rows(vectors, f"seeded {kind} vectors")
+    vectors = normalise_rows(vectors, f"seeded {kind} vectors")
     path = cache_path(model_name, texts, kind, cache_dir)
     _save_atomic(path, vectors)
     return path
@@ -130,11 +146,14 @@ def load_precomputed(
     npy_path: str | Path,
     ids_path: str | Path,
     expected_ids: Sequence[str],
+    dim: int | None = None,
 ) -> np.ndarray:
-    """Rows of a precomputed ``.npy`` reordered to ``expected_ids``.
+    """Rows of a precomputed ``.npy`` reordered to ``expected_ids``, as unit float32 rows.
 
-    The ids file is a JSON list or one id per line, naming the id of each row in order. Extra
-    rows are allowed (e.g. all 1109 SciFact queries when a split keeps 300), missing ones are not.
+    The ids file is a JSON list or one id per line (UTF-8), naming the id of each row in order.
+    Extra rows are allowed (e.g. all 1109 SciFact queries when a split keeps 300), missing ones
+    are not. ``dim`` is the width the model produces, when known. Used rows must be finite and
+    non-zero; rows that are not unit length are normalised with a warning (:mod:`.checks`).
     """
     npy_path, ids_path = Path(npy_path), Path(ids_path)
     if not npy_path.is_file():
@@ -149,6 +168,10 @@ def load_precomputed(
         )
     if not np.issubdtype(vectors.dtype, np.floating):
         raise EmbeddingError(f"{npy_path.name}: expected float vectors, got dtype {vectors.dtype}")
+    if dim is not None and vectors.shape[1] != dim:
+        raise EmbeddingError(
+            f"{npy_path.name}: vectors have {vectors.shape[1]} dims, the model produces {dim}"
+        )
 
     ids = _read_ids(ids_path)
     if len(ids) != vectors.shape[0]:
@@ -162,7 +185,10 @@ def load_precomputed(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise EmbeddingError(f"{ids_path.name}: no embedding for id {missing[0]!r}{more}")
     rows = np.fromiter((row_of[row_id] for row_id in expected_ids), dtype=np.int64)
-    return vectors[rows].astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, caught below
+        selected = vectors[rows].astype(np.float32)
+    check_rows(selected, npy_path.name, ids=expected_ids, file_rows=rows)
+    return normalise_rows(selected, npy_path.name)
 
 
 def embed_dataset(
@@ -190,17 +216,18 @@ def embed_dataset(
     def side(kind: TextKind, ids: list[str], texts: list[str]) -> np.ndarray:
         if kind in precomputed:
             npy_path, ids_path = precomputed[kind]
-            vectors = load_precomputed(npy_path, ids_path, ids)
-            _check_shape(spec, vectors, len(ids), f"precomputed {kind} vectors")
-            return vectors
-        return _embed_cached(spec, texts, kind, cache_dir, show_progress, model)
+            return load_precomputed(npy_path, ids_path, ids, dim=spec.dim)
+        return _embed_cached(spec, texts, kind, cache_dir, show_progress, model, ids)
+
+    def source(kind: str) -> str:
+        return Path(precomputed[kind][0]).name if kind in precomputed else f"{kind} vectors"
 
     doc_vectors = side("document", dataset.doc_ids, dataset.doc_texts)
     query_vectors = side("query", dataset.query_ids, dataset.query_texts)
     if doc_vectors.shape[1] != query_vectors.shape[1]:
         raise EmbeddingError(
-            f"document vectors have {doc_vectors.shape[1]} dims but query vectors have "
-            f"{query_vectors.shape[1]}"
+            f"{source('document')} have {doc_vectors.shape[1]} dims but "
+            f"{source('query')} have {query_vectors.shape[1]}"
         )
     return doc_vectors, query_vectors
 
@@ -225,25 +252,44 @@ def _embed_cached(
     cache_dir: str | Path | None,
     show_progress: bool,
     get_model: Callable[[], SentenceTransformer],
+    ids: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Load the cache entry for ``texts`` if valid, else encode and store it."""
-    path = cache_path(spec.name, texts, kind, cache_dir)
+    """Load the cache entry for ``texts`` if valid, else encode, check and store it.
+
+    An entry that is not what this cache writes (see :func:`.checks.cache_entry_problem`) is
+    recomputed with a warning naming the file; if recomputing fails too, the error names it.
+    """
+    path = cache_path(_spec_name(spec), texts, kind, cache_dir)
+    problem: str | None = None
     if path.is_file():
         try:
-            vectors = np.load(path, allow_pickle=False)
+            cached = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
-            logger.warning("ignoring unreadable cache file %s (%s)", path, exc)
+            problem = f"unreadable ({exc})"
         else:
-            if vectors.ndim == 2 and vectors.shape[0] == len(texts):
-                return vectors.astype(np.float32, copy=False)
-            logger.warning("ignoring cache file %s with shape %s", path, vectors.shape)
+            problem = cache_entry_problem(cached, len(texts), spec.dim)
+            if problem is None:
+                return cached
+        logger.warning("cache file %s is invalid (%s); recomputing it", path, problem)
 
-    vectors = encoder.encode(
-        get_model(), texts, spec.prompt_for(kind), show_progress=show_progress
-    )
+    try:
+        vectors = encoder.encode(
+            get_model(), texts, spec.prompt_for(kind), show_progress=show_progress
+        )
+    except EmbeddingError as exc:
+        if problem is None:
+            raise
+        raise EmbeddingError(f"{path}: invalid cache entry ({problem}), and recomputing it "
+                             f"failed: {exc}") from exc
     _check_shape(spec, vectors, len(texts), f"{kind} vectors")
+    check_rows(vectors, f"{spec.name} {kind} vectors", ids=ids)
     _save_atomic(path, vectors)
     return vectors
+
+
+def _spec_name(spec: ModelSpec) -> str:
+    """The name that gives ``spec`` back from :func:`get_model_spec`, revision included."""
+    return f"{spec.name}@{spec.revision}" if spec.revision else spec.name
 
 
 def _save_atomic(path: Path, vectors: np.ndarray) -> None:
@@ -283,7 +329,15 @@ def _read_ids(ids_path: Path) -> list[str]:
     """Row ids from a JSON list or a one-id-per-line text file (blank lines ignored)."""
     if not ids_path.is_file():
         raise EmbeddingError(f"{ids_path}: file not found")
-    content = ids_path.read_text(encoding="utf-8")
+    raw = ids_path.read_bytes()
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise EmbeddingError(
+            f"{ids_path.name} line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+            f"offset {exc.start}); ids files must be UTF-8"
+        ) from exc
     if content.lstrip().startswith("["):
         try:
             parsed = json.loads(content)

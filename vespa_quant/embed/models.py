@@ -4,14 +4,29 @@ Each model's retrieval prompts are part of its definition: mxbai and nomic were 
 asymmetric query/document prefixes and lose several nDCG points without them, so prompts live
 here next to the hub id rather than at call sites. Any other sentence-transformers model can be
 used by hub id; it gets a generic spec without prompts.
+
+A model that runs code from the hub (``trust_remote_code``) is pinned to a commit, for its
+weights (``revision``) and for the repository its code comes from (``code_revision``: nomic's
+config sends transformers to ``nomic-ai/nomic-bert-2048``, whose ``main`` would otherwise be
+executed as it is on the day). ``NAME@COMMIT`` chooses another revision; the embedding cache
+keys on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, replace
 from typing import Literal
 
+from vespa_quant.errors import EmbeddingError
+
 TextKind = Literal["query", "document"]
+
+CODE_REVISION_ENV = "VESPA_QUANT_MODEL_CODE_REVISION"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,8 @@ class ModelSpec:
     document_prompt: str = ""
     matryoshka_dims: tuple[int, ...] = ()
     trust_remote_code: bool = False
+    revision: str | None = None
+    code_revision: str | None = None
 
     def prompt_for(self, kind: TextKind) -> str:
         """Prefix to prepend to texts of ``kind`` before encoding."""
@@ -41,7 +58,12 @@ class ModelSpec:
 
     @property
     def slug(self) -> str:
-        """File-system-safe form of ``name`` (hub ids contain '/')."""
+        """One folder name for ``name`` (hub ids contain '/'); never a path out of the cache.
+
+        Checked here as well as in :func:`get_model_spec` because a spec can be built directly.
+        """
+        if not MODEL_NAME.fullmatch(self.name):
+            raise EmbeddingError(_bad_name(self.name))
         return self.name.replace("/", "__")
 
 
@@ -64,6 +86,11 @@ MODELS: dict[str, ModelSpec] = {
             document_prompt="search_document: ",
             matryoshka_dims=(768, 512, 256, 128, 64),
             trust_remote_code=True,
+            # The revision MTEB evaluates (embeddings-benchmark/mteb, mteb/models/nomic_models.py).
+            revision="b0753ae76394dd36bcfb912a46018088bca48be0",
+            # nomic-ai/nomic-bert-2048, which holds the modelling code; a commit pinned in
+            # public evaluation notes for nomic's models (not verifiable offline here).
+            code_revision="7710840340a098cfb869c4f65e87cf2b1b70caca",
         ),
         ModelSpec(
             name="all-MiniLM-L6-v2",
@@ -81,9 +108,45 @@ def get_model_spec(name: str) -> ModelSpec:
     """Spec for a registered short name or hub id; a generic spec for any other model id.
 
     Matching is case-insensitive so ``all-minilm-l6-v2`` and the hub id share one cache entry.
+    ``name@revision`` overrides the revision; ``$VESPA_QUANT_MODEL_CODE_REVISION`` overrides the
+    code revision of a model that runs hub code. Names are hub ids (``name`` or ``org/name``):
+    anything else (``..``, ``/abs``, ``a/../../b``) is rejected before it can become a path.
     """
-    wanted = name.strip().lower()
-    for spec in MODELS.values():
-        if wanted in (spec.name.lower(), spec.hub_id.lower()):
-            return spec
-    return ModelSpec(name=name.strip(), hub_id=name.strip(), dim=None)
+    base, _, revision = name.strip().partition("@")
+    if not MODEL_NAME.fullmatch(base):
+        raise EmbeddingError(_bad_name(base))
+    if revision and not REVISION.fullmatch(revision):
+        raise EmbeddingError(f"model {base!r}: revision {revision!r} is not a branch, tag or commit")
+    spec = next(
+        (s for s in MODELS.values() if base.lower() in (s.name.lower(), s.hub_id.lower())),
+        None,
+    ) or ModelSpec(name=base, hub_id=base, dim=None)
+    if revision:
+        spec = replace(spec, revision=revision)
+    code_revision = os.environ.get(CODE_REVISION_ENV)
+    if code_revision and spec.trust_remote_code:
+        spec = replace(spec, code_revision=code_revision)
+    return spec
+
+
+def check_remote_code_pinned(spec: ModelSpec) -> None:
+    """A model that runs hub code must name commits: a branch can move under the same name."""
+    if not spec.trust_remote_code:
+        return
+    for what, value in (("revision", spec.revision), ("code revision", spec.code_revision)):
+        if value is not None and not COMMIT.fullmatch(value):
+            raise EmbeddingError(
+                f"{spec.hub_id} runs code from the hub, so its {what} must be a 40-hex commit, "
+                f"got {value!r}"
+            )
+    if spec.revision is None:
+        raise EmbeddingError(
+            f"{spec.hub_id} runs code from the hub; pin it: --model {spec.name}@<40-hex commit>"
+        )
+
+
+def _bad_name(name: str) -> str:
+    return (
+        f"model name {name!r}: expected a hub id such as 'all-MiniLM-L6-v2' or "
+        "'org/name' (letters, digits, '.', '_', '-'; no '..', no absolute path)"
+    )
