@@ -92,6 +92,13 @@ from vespa_quant.quantize.base import (
     slot_suffix,
 )
 from vespa_quant.quantize.registry import METHODS
+from vespa_quant.vespa.topology import (
+    CLUSTER_HOSTS,
+    CONFIG_HOST,
+    CONTAINER_HOST,
+    CONTENT_HOSTS,
+    cluster_hostname,
+)
 
 DOCUMENT_TYPE = "doc"
 """The one schema and document type: every method's codes live side by side in one document."""
@@ -105,15 +112,6 @@ SCHEMA_FILE = Path("schemas") / f"{DOCUMENT_TYPE}.sd"
 SERVICES_FILE = Path("vespa_app") / "services.xml"
 CLUSTER_SERVICES_FILE = Path("vespa_app") / "cluster" / "services.xml"
 CLUSTER_HOSTS_FILE = Path("vespa_app") / "cluster" / "hosts.xml"
-
-CONFIG_HOST = "vespa-config"
-CONTAINER_HOST = "vespa-container"
-CONTENT_HOSTS: tuple[str, ...] = ("vespa-content-0", "vespa-content-1")
-CLUSTER_HOSTS: tuple[str, ...] = (CONFIG_HOST, CONTAINER_HOST, *CONTENT_HOSTS)
-"""Hostnames of the multi-node variant; equal to the docker-compose service hostnames.
-
-Each host's alias in ``hosts.xml`` is its hostname, so ``services.xml`` reads the same names.
-"""
 
 VESPA_CELL_TYPES = ("double", "float", "bfloat16", "int8")
 """Tensor cell types Vespa accepts (tensor reference, "Tensor type spec")."""
@@ -285,7 +283,7 @@ def _content_cluster(name: str, redundancy: int, content_nodes: VT) -> VT:
 
 
 def single_node_services(name: str = DEFAULT_NAME) -> ServicesConfiguration:
-    """One node runs everything (the ``vespa`` docker-compose service); no hosts.xml needed."""
+    """One node runs everything (topology's ``SINGLE``); no hosts.xml needed."""
     return ServicesConfiguration(
         application_name=name,
         services_config=services(
@@ -325,7 +323,8 @@ def cluster_services(name: str = DEFAULT_NAME) -> ServicesConfiguration:
 
 
 def cluster_hosts_xml() -> str:
-    hosts = vt("hosts", *(vt("host", vt("alias", host), name=host) for host in CLUSTER_HOSTS))
+    """Each node's FQDN as Docker's DNS knows it, aliased by its container name (topology)."""
+    hosts = vt("hosts", *(vt("host", vt("alias", host), name=cluster_hostname(host)) for host in CLUSTER_HOSTS))
     return _xml_document(str(to_xml(hosts)))
 
 
