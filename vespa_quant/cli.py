@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import typer
 
 from vespa_quant.errors import VespaQuantError
+from vespa_quant.vespa.topology import DEFAULT_MEMORY
 
 app = typer.Typer(
     help="Quantized text embeddings on Vespa: evaluate quantizers in process or on Vespa, deploy the "
@@ -152,12 +153,13 @@ def deploy_command(
 ) -> None:
     """Generate the Vespa application package from the method registry, and deploy it."""
     from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa.compose import write_compose
     from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
     from vespa_quant.vespa_app.package import assemble, write_package
 
     if variant not in ("single", "cluster"):
         raise VespaQuantError(f"--variant must be 'single' or 'cluster', got {variant!r}")
-    written = write_package(out, parse_methods(methods), parse_dims(dims, 0))
+    written = write_package(out, parse_methods(methods), parse_dims(dims, 0)) + write_compose(out)
     app_dir = assemble(out, variant, out / "out" / f"application-{variant}")
     typer.echo("wrote " + ", ".join(str(p) for p in written) + f"; application folder {app_dir}")
     if dry_run:
@@ -169,6 +171,42 @@ def deploy_command(
     deploy(app_dir, config_url=config_url, timeout=timeout)
     typer.echo(f"deployed {app_dir} to {config_url}")
     wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+
+
+@app.command("up")
+@cli_errors
+def up_command(
+    cluster: bool = typer.Option(False, "--cluster", help="Config server, container node and two content nodes on network vespa-quant (queries 127.0.0.1:8081, deploy 127.0.0.1:19072) instead of one node (8080, 19071)."),
+    memory: str = typer.Option(DEFAULT_MEMORY, "--memory", help="Memory limit per container, e.g. 4g or 8192m."),
+    docker_url: Optional[str] = typer.Option(None, "--docker-url", help="Docker Engine API, e.g. unix:///var/run/docker.sock or tcp://127.0.0.1:2375 (default: DOCKER_HOST, else the local socket)."),
+    timeout: float = typer.Option(300, "--timeout", help="Seconds to wait, in all, for the config server, the deploy and the query container (the image pull is not counted)."),
+    deploy: bool = typer.Option(True, "--deploy/--no-deploy", help="Deploy the generated package and wait until Vespa serves; --no-deploy only starts the containers."),
+    config_url: Optional[str] = typer.Option(None, "--config-url", help="Where the config server is reached (default: its published 127.0.0.1 port)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Where the query container is reached (default: its published 127.0.0.1 port)."),
+) -> None:
+    """Start Vespa in Docker (pulling the pinned image if needed) and deploy the generated package."""
+    from vespa_quant.vespa.containers import up
+    from vespa_quant.vespa.topology import CLUSTER, SINGLE
+
+    report = up(CLUSTER if cluster else SINGLE, memory=memory, docker_url=docker_url, timeout=timeout,
+                deploy_package=deploy, config_url=config_url, query_url=endpoint)
+    typer.echo(f"Vespa {report.layout} up: queries and feed {report.query_url}, deploy {report.config_url}"
+               + ("" if report.deployed else f"; next: vespa-quant deploy{' --variant cluster' if cluster else ''}"))
+
+
+@app.command("down")
+@cli_errors
+def down_command(
+    cluster: bool = typer.Option(False, "--cluster", help="Remove the cluster (and its network) instead of the single node."),
+    docker_url: Optional[str] = typer.Option(None, "--docker-url", help="Docker Engine API (default: DOCKER_HOST, else the local socket)."),
+) -> None:
+    """Stop and remove the containers `vespa-quant up` started (found by label; nothing else is touched)."""
+    from vespa_quant.vespa.containers import down
+    from vespa_quant.vespa.topology import CLUSTER, SINGLE
+
+    report = down(CLUSTER if cluster else SINGLE, docker_url=docker_url)
+    removed = ", ".join(report.removed) or "no container (none labelled as started by vespa-quant up)"
+    typer.echo(f"removed {removed}" + (f"; network {report.network_removed}" if report.network_removed else ""))
 
 
 @app.command("feed")
