@@ -51,8 +51,8 @@ def scifact() -> Path:
 
 def _deploy_every_method(tmp_path: Path) -> None:
     from vespa_quant.quantize.registry import METHODS
-    from vespa_quant.vespa_app.deploy import deploy, wait_until_ready
-    from vespa_quant.vespa_app.package import assemble, write_package
+    from vespa_quant.vespa.deploy import deploy, wait_until_ready
+    from vespa_quant.vespa.services import assemble, write_package
 
     write_package(tmp_path / "generated", list(METHODS.values()), DIMS)
     app_dir = assemble(tmp_path / "generated", "single", tmp_path / "app")
@@ -63,8 +63,8 @@ def _deploy_every_method(tmp_path: Path) -> None:
 def test_vespa_ndcg_matches_local_engine(scifact: Path, tmp_path: Path) -> None:
     from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.evaluate.runner import LocalBackend, evaluate
-    from vespa_quant.evaluate.vespa_backend import VespaBackend
-    from vespa_quant.feed.feeder import feed
+    from vespa_quant.vespa.backend import VespaBackend
+    from vespa_quant.vespa.feeder import feed
     from vespa_quant.quantize.registry import METHODS
 
     methods = list(METHODS.values())
@@ -99,9 +99,9 @@ def test_vespa_recalibration_switches_slots_without_disagreement(scifact: Path, 
 
     from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.evaluate.runner import NDCG, LocalBackend, score_hits
-    from vespa_quant.evaluate.vespa_backend import VespaBackend
-    from vespa_quant.feed.feeder import feed
-    from vespa_quant.feed.recalibrate import switch_active_slot, verify_inactive_slot, write_inactive_slot
+    from vespa_quant.vespa.backend import VespaBackend
+    from vespa_quant.vespa.feeder import feed
+    from vespa_quant.vespa.recalibrate import switch_active_slot, verify_inactive_slot, write_inactive_slot
     from vespa_quant.quantize.base import calibrate, encode
     from vespa_quant.quantize.registry import METHODS
 

@@ -1,4 +1,5 @@
-"""The generated application package: built from the registry, committed, and the same on every run.
+"""The generated application package: built from the registry, committed, and the same on every run
+(compose: test_compose.py).
 
 Schema assertions read the pyvespa objects the generator builds (STYLE 14: we never re-parse our
 own .sd text); whether Vespa accepts the rendered text and what its profiles compute is decided by
@@ -19,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from vespa_quant.errors import VespaError, VespaQuantError
 from vespa_quant.quantize import expr
@@ -40,6 +40,7 @@ from vespa_quant.vespa.naming import (
     slot_suffix,
 )
 from vespa_quant.vespa.package import DEFAULT_DIMS, DEFAULT_K1, build_schema
+from vespa_quant.vespa.topology import cluster_hostname
 from vespa_quant.vespa.services import (
     CLUSTER_HOSTS,
     CLUSTER_HOSTS_FILE,
@@ -55,7 +56,6 @@ from vespa_quant.vespa.services import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CALIBRATED = [m for m in METHODS.values() if m.needs_calibration]
 
 
@@ -120,7 +120,7 @@ class _FakeVespa:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> "_FakeVespa":
         self.thread.start()
@@ -322,7 +322,8 @@ def test_cluster_services_place_every_role_on_a_declared_host(rendered):
     services = ET.fromstring(rendered[CLUSTER_SERVICES_FILE].encode())
     hosts = ET.fromstring(rendered[CLUSTER_HOSTS_FILE].encode())
     aliases = {h.findtext("alias"): h.get("name") for h in hosts.findall("host")}
-    assert set(aliases.values()) == set(CLUSTER_HOSTS)
+    assert set(aliases) == set(CLUSTER_HOSTS)
+    assert all(name == cluster_hostname(alias) for alias, name in aliases.items())  # FQDN, as Docker's DNS
     used = {element.get("hostalias") for element in services.iter() if element.get("hostalias")}
     assert used == set(aliases)
     admin = services.find("admin")
@@ -333,51 +334,6 @@ def test_cluster_services_place_every_role_on_a_declared_host(rendered):
     assert [(n.get("hostalias"), n.get("distribution-key")) for n in content_nodes] == [
         (host, str(key)) for key, host in enumerate(CONTENT_HOSTS)
     ]
-
-
-# --- docker compose -----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-def test_compose_pins_one_vespa_8_image(compose):
-    images = {service["image"] for service in compose["services"].values()}
-    assert len(images) == 1
-    (image,) = images
-    repository, _, tag = image.partition(":")
-    assert repository == "vespaengine/vespa"
-    assert re.fullmatch(r"8\.\d+\.\d+", tag), f"{image}: pin an exact 8.x tag, never latest"
-
-
-def test_compose_publishes_only_on_localhost(compose):
-    published = {}
-    for name, service in compose["services"].items():
-        for port in service.get("ports", []):
-            assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port}"
-            published[name] = published.get(name, []) + [port]
-    assert published == {
-        "vespa": ["127.0.0.1:8080:8080", "127.0.0.1:19071:19071"],
-        "vespa-config": ["127.0.0.1:19072:19071"],
-        "vespa-container": ["127.0.0.1:8081:8080"],
-    }
-    test = compose["services"]["vespa"]["healthcheck"]["test"]
-    assert "curl" in test and "http://localhost:19071/state/v1/health" in test
-    assert "vespa-var" in compose["volumes"]
-
-
-def test_compose_cluster_hostnames_match_hosts_xml(compose, rendered):
-    hosts = ET.fromstring(rendered[CLUSTER_HOSTS_FILE].encode())
-    host_names = [h.get("name") for h in hosts.findall("host")]
-    cluster = {n: s for n, s in compose["services"].items() if s.get("profiles") == ["cluster"]}
-    assert sorted(s["hostname"] for s in cluster.values()) == sorted(host_names)
-    assert sorted(cluster) == sorted(host_names)
-    for name, service in cluster.items():
-        assert service["environment"]["VESPA_CONFIGSERVERS"] == "vespa-config"
-        expected = "configserver,services" if name == "vespa-config" else "services"
-        assert service["command"] == expected, name
-    assert "profiles" not in compose["services"]["vespa"]
 
 
 # --- assemble and zip ---------------------------------------------------------------------------

@@ -19,3 +19,7 @@ class CalibrationError(VespaQuantError):
 
 class VespaError(VespaQuantError):
     """A Vespa endpoint is unreachable or answered with an error."""
+
+
+class DockerError(VespaError):
+    """The Docker engine is unreachable, refused a request, or holds containers that are not ours."""

@@ -28,6 +28,7 @@ from vespa_quant.cli.common import (
     parse_ints,
 )
 from vespa_quant.errors import VespaQuantError
+from vespa_quant.vespa.topology import DEFAULT_MEMORY
 
 PackageDimsOption = Annotated[str, typer.Option(
     "--dims", help="Comma-separated dims; must be dims the deployed package has fields for.")]
@@ -54,12 +55,13 @@ def deploy_command(
 ) -> None:
     """Generate the Vespa application package from the method registry, and deploy it."""
     from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa.compose import write_compose
     from vespa_quant.vespa.deploy import deploy, wait_until_ready
     from vespa_quant.vespa.services import assemble, write_package
 
     chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
     check_output_dir(out, "--out")
-    written = write_package(out, chosen, dim_list)
+    written = write_package(out, chosen, dim_list) + write_compose(out)
     app_dir = assemble(out, variant, app_dir or Path("out") / f"application-{variant}")
     typer.echo("wrote " + ", ".join(str(p) for p in written) + f"; application folder {app_dir}")
     if dry_run:
@@ -71,6 +73,53 @@ def deploy_command(
     deploy(app_dir, config_url=config_url, timeout=timeout)
     typer.echo(f"deployed {app_dir} to {config_url}")
     wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+
+
+@app.command("up")
+@cli_errors
+def up_command(
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="Config server, container node and two content nodes on network vespa-quant (queries "
+                          "127.0.0.1:8081, deploy 127.0.0.1:19072) instead of one node (8080, 19071).")] = False,
+    memory: Annotated[str, typer.Option("--memory", help="Memory limit per container, e.g. 4g or 8192m.")] = DEFAULT_MEMORY,
+    docker_url: Annotated[Optional[str], typer.Option(
+        "--docker-url", help="Docker Engine API, e.g. unix:///var/run/docker.sock or tcp://127.0.0.1:2375 "
+                             "(default: DOCKER_HOST, else the local socket).")] = None,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=1, help="Seconds to wait, in all, for the config server, the deploy and the query container "
+                                 "(the image pull is not counted).")] = 300,
+    deploy: Annotated[bool, typer.Option(
+        "--deploy/--no-deploy", help="Deploy the generated package and wait until Vespa serves; --no-deploy only "
+                                     "starts the containers.")] = True,
+    config_url: Annotated[Optional[str], typer.Option(
+        "--config-url", help="Where the config server is reached (default: its published 127.0.0.1 port).")] = None,
+    endpoint: Annotated[Optional[str], typer.Option(
+        "--endpoint", help="Where the query container is reached (default: its published 127.0.0.1 port).")] = None,
+) -> None:
+    """Start Vespa in Docker (pulling the pinned image if needed) and deploy the generated package."""
+    from vespa_quant.vespa.containers import up
+    from vespa_quant.vespa.topology import CLUSTER, SINGLE
+
+    report = up(CLUSTER if cluster else SINGLE, memory=memory, docker_url=docker_url, timeout=timeout,
+                deploy_package=deploy, config_url=config_url, query_url=endpoint)
+    typer.echo(f"Vespa {report.layout} up: queries and feed {report.query_url}, deploy {report.config_url}"
+               + ("" if report.deployed else f"; next: vespa-quant deploy{' --variant cluster' if cluster else ''}"))
+
+
+@app.command("down")
+@cli_errors
+def down_command(
+    cluster: Annotated[bool, typer.Option("--cluster", help="Remove the cluster (and its network) instead of the single node.")] = False,
+    docker_url: Annotated[Optional[str], typer.Option(
+        "--docker-url", help="Docker Engine API (default: DOCKER_HOST, else the local socket).")] = None,
+) -> None:
+    """Stop and remove the containers `vespa-quant up` started (found by label; nothing else is touched)."""
+    from vespa_quant.vespa.containers import down
+    from vespa_quant.vespa.topology import CLUSTER, SINGLE
+
+    report = down(CLUSTER if cluster else SINGLE, docker_url=docker_url)
+    removed = ", ".join(report.removed) or "no container (none labelled as started by vespa-quant up)"
+    typer.echo(f"removed {removed}" + (f"; network {report.network_removed}" if report.network_removed else ""))
 
 
 @app.command("feed")

@@ -104,12 +104,14 @@ def wait_until_ready(
     timeout: float = 300,
     interval: float = 2.0,
     progress: Callable[[str], None] | None = _print_progress,
+    hint: str = START_HINT,
 ) -> None:
     """Poll until the config server and the query container are both up.
 
     ``progress`` receives a one-line status whenever it changes and at least every 15 s
     (``None`` for silence). ``query_url=None`` waits for the config server alone, as needed
-    before the first deploy, when no container serves yet. Raises :class:`VespaError` with the last state seen on timeout.
+    before the first deploy, when no container serves yet. Raises :class:`VespaError` with the last state seen on timeout,
+    and ``hint`` when something was not listening.
     """
     started = time.monotonic()
     request_timeout = max(1.0, min(10.0, interval * 2))
@@ -126,8 +128,8 @@ def wait_until_ready(
                 progress(f"Vespa is ready after {elapsed:.0f} s ({status})")
             return
         if elapsed >= timeout:
-            hint = f"; {START_HINT}" if "not listening" in status else ""
-            raise VespaError(f"Vespa not ready after {timeout:.0f} s: {status}{hint}")
+            suffix = f"; {hint}" if "not listening" in status else ""
+            raise VespaError(f"Vespa not ready after {timeout:.0f} s: {status}{suffix}")
         if progress is not None and (
             last_reported is None or last_reported[0] != status or elapsed - last_reported[1] >= 15
         ):

@@ -2,7 +2,7 @@
 
 The I/O edge of the store stage (STYLE 4): every method x dim is calibrated on the full corpus,
 each calibration is saved beside a ``manifest.json`` recording, per (method, dim), which
-calibration each code slot holds and which slot is active (:mod:`vespa_quant.feed.manifest`), and
+calibration each code slot holds and which slot is active (:mod:`vespa_quant.vespa.manifest`), and
 one document per corpus row, holding every method's codes and the calibration id of each slot, is
 written with pyvespa's ``Vespa.feed_iterable`` (one ``POST /document/v1/<ns>/doc/docid/<id>`` per
 document; pyvespa itself retries 429 and connection errors). A put replaces the whole document,
@@ -68,7 +68,7 @@ class FeedReport:
     errors: dict[str, str]
     count_in_vespa: int | None
     calibration_set: str
-    """A label of the active calibrations (:func:`~vespa_quant.feed.documents.calibration_set_id`), for logs."""
+    """A label of the active calibrations (:func:`~vespa_quant.vespa.wire.calibration_set_id`), for logs."""
     n_docs: int = 0
     manifest: Path | None = None
     calibrations: dict[tuple[str, int], Calibration] = field(default_factory=dict, repr=False)
