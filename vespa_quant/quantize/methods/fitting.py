@@ -64,7 +64,10 @@ def bucket_means(values: np.ndarray, codes: np.ndarray, fallback: np.ndarray) ->
 
 
 class FitRule(Protocol):
-    needs_calibration: bool
+    @property
+    def needs_calibration(self) -> bool:
+        """False when the rule's constants depend on the dimension alone (nothing can drift)."""
+        ...
 
     def fit(self, corpus: np.ndarray, levels: int, queries: np.ndarray | None) -> dict[str, np.ndarray]: ...
 
