@@ -159,7 +159,8 @@ def load_precomputed(
     if not npy_path.is_file():
         raise EmbeddingError(f"{npy_path}: file not found")
     try:
-        vectors = np.load(npy_path, allow_pickle=False)
+        # Memory-mapped: a 1M x 384 file is 1.5 GB, and rows already in dataset order are used in place.
+        vectors = np.load(npy_path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         raise EmbeddingError(f"{npy_path.name}: not a readable .npy array ({exc})") from exc
     if vectors.ndim != 2:
@@ -185,8 +186,11 @@ def load_precomputed(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise EmbeddingError(f"{ids_path.name}: no embedding for id {missing[0]!r}{more}")
     rows = np.fromiter((row_of[row_id] for row_id in expected_ids), dtype=np.int64)
-    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, caught below
-        selected = vectors[rows].astype(np.float32)
+    if vectors.dtype == np.float32 and len(rows) == len(vectors) and np.array_equal(rows, np.arange(len(rows))):
+        selected = vectors  # in order already: no copy of the file
+    else:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, caught below
+            selected = np.asarray(vectors[rows], dtype=np.float32)
     check_rows(selected, npy_path.name, ids=expected_ids, file_rows=rows)
     return normalise_rows(selected, npy_path.name)
 

@@ -310,16 +310,19 @@ def encode(method: Quantizer, vectors: np.ndarray, calibration: Calibration,
     if vectors.ndim != 2 or vectors.shape[1] != calibration.dim:
         raise CalibrationError(f"document vectors have shape {vectors.shape}, calibration expects (n, {calibration.dim})")
     constants = calibration.constants
-    out: dict[str, np.ndarray] = {}
+    first = method.encode(calibration.rotate(vectors[:chunk]), constants)
+    # A role that stores the unrotated float32 vector itself (float32, binary_rescore's paged
+    # copy) is the input: it is used in place, so a 1M x 384 corpus is not copied per method.
+    same = [role for role, codes in first.items()
+            if calibration.rotation == "none" and codes.dtype == np.float32 and vectors.dtype == np.float32
+            and codes.shape == vectors[:chunk].shape and np.array_equal(codes, vectors[:chunk])]
+    out = {role: np.empty((len(vectors), *codes.shape[1:]), dtype=codes.dtype)
+           for role, codes in first.items() if role not in same}
     for start in range(0, len(vectors), chunk):
-        block = method.encode(calibration.rotate(vectors[start:start + chunk]), constants)
-        if not out:
-            out = {role: np.empty((len(vectors), *codes.shape[1:]), dtype=codes.dtype) for role, codes in block.items()}
-        for role, codes in block.items():
-            out[role][start:start + len(codes)] = codes
-    if not out:
-        out = {spec.role: np.empty((0, spec.cells)) for spec in method.fields(calibration.dim)}
-    return out
+        block = first if start == 0 else method.encode(calibration.rotate(vectors[start:start + chunk]), constants)
+        for role in out:
+            out[role][start:start + len(block[role])] = block[role]
+    return {role: np.asarray(vectors) if role in same else out[role] for role in first}
 
 
 def query_inputs(method: Quantizer, queries: np.ndarray, calibration: Calibration) -> dict[str, np.ndarray]:
