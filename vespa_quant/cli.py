@@ -310,5 +310,39 @@ def analyze_command(
     typer.echo("wrote " + ", ".join(str(path) for path in written))
 
 
+@app.command("check-package")
+@cli_errors
+def check_package_command(
+    app_dir: Optional[Path] = typer.Option(None, "--app", help="A Vespa application folder (services.xml + schemas/). Default: the committed package (schemas/, vespa_app/) assembled into a temporary folder."),
+    variant: str = typer.Option("single", "--variant", help="With the default package: single (vespa_app/services.xml) or cluster (vespa_app/cluster/)."),
+    dataset: str = DatasetOption,
+    model: str = ModelOption,
+    methods: str = MethodsOption,
+    dims: str = typer.Option("384,256", "--dims", help="Comma-separated dims whose profiles are checked."),
+    queries: int = typer.Option(20, "--queries", help="Queries scored per profile (the dataset's first N test queries)."),
+    data_root: Optional[Path] = DataRootOption,
+    cache_dir: Optional[Path] = CacheDirOption,
+    doc_embeddings: Optional[Path] = DocEmbeddingsOption,
+    query_embeddings: Optional[Path] = QueryEmbeddingsOption,
+) -> None:
+    """Vespa's own Java code as the judge, offline: compile the package as a config server does and check that every rank profile phase, as Vespa derived it, computes the method's score (needs java and mvn; the first run downloads Vespa from Maven Central)."""
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa.check import format_report
+    from vespa_quant.vespa.check_cases import check_registry
+
+    if variant not in ("single", "cluster"):
+        raise VespaQuantError(f"--variant must be 'single' or 'cluster', got {variant!r}")
+    embedded = load_embedded(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                             precomputed=precomputed_embeddings(doc_embeddings, query_embeddings))
+    report = check_registry(app_dir, embedded, parse_methods(methods), parse_dims(dims, embedded.native_dim),
+                            queries, variant="cluster" if variant == "cluster" else "single")
+    typer.echo(format_report(report))
+    if not report.ok:
+        failed = report.failed
+        first = failed[0].error if failed else report.fixtures_error
+        raise VespaQuantError(f"{len(failed)} of {len(report.cases)} profile checks failed; first: {first}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
