@@ -253,3 +253,13 @@ def test_the_writer_rejects_what_vespa_could_not_hold(tmp_path: Path, overrides:
 def test_without_java_the_reason_is_given(monkeypatch) -> None:
     monkeypatch.setenv("PATH", "")
     assert "java" in str(checker_available())
+
+
+def test_the_cli_refuses_an_unknown_variant_with_exit_code_2() -> None:
+    from typer.testing import CliRunner
+
+    from vespa_quant.cli import app
+
+    result = CliRunner().invoke(app, ["check-package", "--variant", "triple"])
+    assert result.exit_code == 2
+    assert "--variant" in result.output
