@@ -39,7 +39,7 @@ from vespa_quant.vespa.naming import (
     signs_field,
     slot_suffix,
 )
-from vespa_quant.vespa.package import DEFAULT_DIMS, DEFAULT_K1, build_schema
+from vespa_quant.vespa.package import DEFAULT_DIMS, DEFAULT_K1, SCORE_FUNCTION, build_schema
 from vespa_quant.vespa.topology import cluster_hostname
 from vespa_quant.vespa.services import (
     CLUSTER_HOSTS,
@@ -230,8 +230,10 @@ def test_two_phase_profile_is_closeness_then_the_score_as_global_phase(profiles)
                 score = render(method.expression(dim), lambda role: field_name(method.name, dim, role, slot))
                 if method.name == "binary_hamming":
                     assert profile.global_phase is None  # its score is the first phase itself
-                else:
-                    assert profile.global_phase.expression == score
+                else:  # the score is a match feature computed on the content nodes, read by the global phase
+                    assert [(f.name, f.expression) for f in profile.functions] == [(SCORE_FUNCTION, score)]
+                    assert profile.match_features == [SCORE_FUNCTION]
+                    assert profile.global_phase.expression == SCORE_FUNCTION
                     assert profile.global_phase.rerank_count == DEFAULT_K1
                 declared = dict(profile.inputs)
                 for spec in method.inputs(dim):
@@ -248,7 +250,7 @@ def test_slot_b_profiles_read_only_slot_b_fields(profiles):
         for dim in DEFAULT_DIMS:
             for exhaustive in (False, True):
                 profile = profiles[rank_profile_name(method.name, dim, "b", exhaustive=exhaustive)]
-                text = profile.first_phase.expression + (profile.global_phase.expression if profile.global_phase else "")
+                text = profile.first_phase.expression + "".join(f.expression for f in profile.functions or [])
                 for spec in method.fields(dim):
                     assert field_name(method.name, dim, spec.role) + ")" not in text.replace(" ", ""), method.name
 

@@ -208,3 +208,40 @@ def recalibrate_command(
                               + (f": {len(report.failed_ids)} updates failed ({shown})" if report.failed_ids
                                  else ": not every document carries the new calibration"))
     typer.echo(f"switched: queries now use slot {report.new_slot}")
+
+
+@app.command("check-package")
+@cli_errors
+def check_package_command(
+    app_dir: Annotated[Optional[Path], typer.Option(
+        "--app", help="A Vespa application folder (services.xml + schemas/). Default: the committed package "
+                      "(schemas/, vespa_app/) assembled into a temporary folder.")] = None,
+    variant: Annotated[Variant, typer.Option(
+        "--variant", help="With the default package: single (vespa_app/services.xml) or cluster (vespa_app/cluster/).")] = "single",
+    dataset: DatasetOption = "scifact",
+    model: ModelOption = "all-MiniLM-L6-v2",
+    methods: MethodsOption = "all",
+    dims: Annotated[str, typer.Option("--dims", help="Comma-separated dims whose profiles are checked.")] = "384,256",
+    queries: Annotated[int, typer.Option("--queries", min=1, help="Queries scored per profile (the dataset's first N test queries).")] = 20,
+    data_root: DataRootOption = None,
+    cache_dir: CacheDirOption = None,
+    doc_embeddings: DocEmbeddingsOption = None,
+    query_embeddings: QueryEmbeddingsOption = None,
+) -> None:
+    """Vespa's own Java code as the judge, offline: compile the package as a config server does and check that
+    every rank-profile phase, as Vespa derived it, computes the engine's score on real encoded documents (needs java
+    and mvn; the first run downloads Vespa's artefacts from Maven Central and builds the checker, about a minute)."""
+    from vespa_quant.quantize.registry import parse_methods
+    from vespa_quant.vespa.check import format_report
+    from vespa_quant.vespa.check_cases import check_registry
+
+    chosen = parse_methods(methods)
+    parse_ints(dims, "--dims")  # checked before any embedding
+    embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                           doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
+    report = check_registry(app_dir, embedded, chosen, parse_dims(dims, embedded.native_dim), queries, variant=variant)
+    typer.echo(format_report(report))
+    if not report.ok:
+        failed = report.failed
+        first = failed[0].error if failed else report.fixtures_error
+        raise VespaQuantError(f"{len(failed)} of {len(report.cases)} profile checks failed; first: {first}")
