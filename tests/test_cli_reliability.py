@@ -140,11 +140,22 @@ CASES = {
 }
 
 
+NEEDS_VECTORS = {"dims-too-big", "ids-not-utf8"}
+"""Cases only the vectors can decide (their width, their ids file): every other one must fail before."""
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_loses_nothing(name: str, common: list, workspace: Path,
-                                                 vespa: tuple[FakeVespa, Path]) -> None:
+                                                 vespa: tuple[FakeVespa, Path], monkeypatch) -> None:
     build, expected_code, message = CASES[name]
     args = build(workspace)
+    if name not in NEEDS_VECTORS:
+        import vespa_quant.embed.cache as cache
+
+        def embedded_too_early(*args, **kwargs):
+            raise AssertionError(f"{name}: vectors were loaded before the input was checked")
+
+        monkeypatch.setattr(cache, "embed_dataset", embedded_too_early)
     if args[0] in ("feed", "recalibrate"):
         args += ["--endpoint", vespa[0].url]
     before = digest(workspace / "out"), digest(workspace / "cal")
@@ -266,3 +277,20 @@ def test_dataset_notes_are_printed_one_line_each(tmp_path: Path) -> None:
     assert code == 0, output
     notes = [line for line in output.splitlines() if line.startswith("note: ")]
     assert len(notes) == 2 and "1 of 3 queries have no judgement" in notes[0] and "'d9'" in notes[1]
+
+
+def test_deploy_to_a_refused_port_fails_in_seconds(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code, output = invoke(["deploy", "--config-url", closed, "--endpoint", closed, "--out", tmp_path / "package",
+                           "--app-dir", tmp_path / "app", "--timeout", "3"])
+    assert code == 2 and time.monotonic() - started < 3
+    assert f"config server {closed}: not listening; start Vespa with `vespa-quant up`" in one_error_line(output)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: no unwritable folder to test with")
+def test_an_unwritable_output_is_refused_before_compute(common: list, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, output = invoke(["evaluate", *common, *EVALUATE[1:], "--output", locked / "out"])
+    assert code == 2 and "is not writable" in one_error_line(output)

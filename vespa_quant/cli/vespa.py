@@ -61,7 +61,7 @@ def deploy_command(
     """Generate the Vespa application package from the method registry, and deploy it."""
     from vespa_quant.quantize.registry import parse_methods
     from vespa_quant.vespa.compose import write_compose
-    from vespa_quant.vespa.deploy import deploy, wait_until_ready
+    from vespa_quant.vespa.deploy import REFUSED_GRACE, deploy, wait_until_ready
     from vespa_quant.vespa.services import assemble, write_package
 
     chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
@@ -75,10 +75,11 @@ def deploy_command(
     cluster = variant == "cluster"
     config_url = config_url or ("http://localhost:19072" if cluster else "http://localhost:19071")
     endpoint = endpoint or ("http://localhost:8081" if cluster else "http://localhost:8080")
-    wait_until_ready(query_url=None, config_url=config_url, timeout=timeout)
+    grace = min(REFUSED_GRACE, timeout / 6)  # a refused port: nothing is starting there
+    wait_until_ready(query_url=None, config_url=config_url, timeout=timeout, refused_grace=grace)
     deploy(app_dir, config_url=config_url, timeout=timeout)
     typer.echo(f"deployed {app_dir} to {config_url}")
-    wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+    wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout, refused_grace=grace)
 
 
 @app.command("up")

@@ -249,7 +249,7 @@ def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Quantizer], 
         if sent.stop_reason is None:
             try:
                 after = held_documents(client, doc_ids, probe)
-                count = client.count(documents_count_body(client.policy.attempt_timeout))
+                count = client.count(documents_count_body(0.8 * client.policy.attempt_timeout))
             except VespaError as exc:
                 verify_error = str(exc)
         active = {(e["method"], e["dim"]): by_slot[(e["method"], e["dim"], e["active_slot"])]
@@ -270,8 +270,8 @@ def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Quantizer], 
         report = replace(report, status_file=write_status(calibration_dir, STATUS, report.status()))
     if sent.signal:
         raise InterruptedRunError(report.summary())
-    if sent.fatal is not None and sent.stop_reason == str(sent.fatal):
-        raise VespaError(f"{sent.fatal}; {report.summary()}")
+    if sent.fatal is not None:
+        raise VespaError(report.summary())  # the summary names the error that stopped the run
     return report
 
 

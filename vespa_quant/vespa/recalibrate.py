@@ -209,8 +209,8 @@ def _write_inactive_slot(client: VespaClient, embedded: EmbeddedDataset, method:
                                        "unsent": sent.unsent_ids})
     if sent.signal:
         raise InterruptedRunError(written.summary())
-    if sent.fatal is not None and sent.stop_reason == str(sent.fatal):
-        raise VespaError(f"{sent.fatal}; {written.summary()}")
+    if sent.fatal is not None:
+        raise VespaError(written.summary())  # the summary names the error that stopped the run
     return written
 
 
@@ -222,7 +222,7 @@ def verify_inactive_slot(app_url: str, written: SlotWrite, policy: HttpPolicy | 
     lacking the new id.
     """
     with VespaClient(app_url, policy) as client:
-        timeout = client.policy.attempt_timeout
+        timeout = 0.8 * client.policy.attempt_timeout  # Vespa gives up before the client does
         body = slot_calibration_count_body(written.method, written.dim, written.slot, written.calibration.id, timeout)
         check = SlotCheck(written.slot, written.calibration.id, written.n_docs, client.count(body),
                           client.count(documents_count_body(timeout)))
