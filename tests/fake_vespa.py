@@ -5,7 +5,10 @@ No Vespa can run here, so a small HTTP server plays the parts of Vespa's API tha
 document) and ``PUT`` on the same path (a partial update: ``{"fields": {f: {"assign": v}}}``,
 silently a no-op with 200 when the document does not exist, as the /document/v1 reference says),
 both with gzip bodies as pyvespa compresses large ones and both rejecting fields the generated
-schema lacks; and ``POST /search/``. Its search decodes the stored hex cells of the profile's slot
+schema lacks; ``GET /document/v1/vespaquant/doc/docid`` (a visit: ``fieldSet=doc:f1,f2``, pages and
+``continuation``); and ``POST /search/``. Faults (``fault_vespa.FaultPlan``: random statuses,
+dropped connections, stalls) apply to any request once it is read; ``unstored`` makes writes
+answer 200 without storing. Its search decodes the stored hex cells of the profile's slot
 and evaluates the method's score tree on them (``expression_twin``, the numpy twin of each rank
 profile): for an exhaustive profile over every document; for a two-phase profile over the exact
 Hamming top-``targetHits`` of the ``nearestNeighbor`` field (ties to the lowest corpus row, as
@@ -21,12 +24,13 @@ import json
 import re
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Callable, Iterator
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -48,6 +52,9 @@ from vespa_quant.vespa.naming import (
 )
 from vespa_quant.vespa.package import DEFAULT_DIMS, build_schema
 from vespa_quant.vespa.wire import decode_tensor_hex
+
+if TYPE_CHECKING:
+    from fault_vespa import FaultPlan
 
 DIMS = (64, 32)
 N_DOCS = 200
@@ -81,6 +88,15 @@ class FakeVespa:
     """Vespa id -> how many 503s to answer before applying the partial update."""
     search_unavailable: int = 0
     """How many searches to answer with 503 before answering normally."""
+    faults: "FaultPlan | None" = None
+    """Random faults on every request (``fault_vespa.FaultPlan``): statuses, dropped connections, stalls."""
+    unstored: set[str] | None = None
+    """Vespa ids whose puts and updates are answered 200 and not applied (None: every write is applied);
+    ``{"*"}`` drops every write."""
+    health: str = "up"
+    visits: int = 0
+    search_answer: tuple[int, object] | None = None
+    """When set, every search is answered with this (status, JSON) instead: answers of the wrong shape."""
     known_fields: set[str] = field(default_factory=schema_fields)
     """Fields of the deployed schema; a put or update naming another is rejected with 400."""
     after_update: Callable[[int], None] | None = None
@@ -115,9 +131,29 @@ class FakeVespa:
                 return 503, {"message": "fake is overloaded"}
             if rejected := self._unknown(fields):
                 return rejected
-            self.docs[vespa_id] = fields
-            self._codes.clear()
+            if not self._unstored(vespa_id):
+                self.docs[vespa_id] = fields
+                self._codes.clear()
             return 200, {"id": f"id:vespaquant:doc::{vespa_id}"}
+
+    def _unstored(self, vespa_id: str) -> bool:
+        return self.unstored is not None and ("*" in self.unstored or vespa_id in self.unstored)
+
+    def visit(self, params: dict[str, str]) -> tuple[int, dict]:
+        """``GET /document/v1/vespaquant/doc/docid`` with ``fieldSet=doc:f1,f2``, pages of ``wantedDocumentCount``."""
+        field_set = params.get("fieldSet", "[all]")
+        if params.get("cluster") not in (None, "content") or not field_set.startswith("doc:"):
+            return 400, {"message": f"fake visits cluster 'content' with fieldSet doc:..., got {params}"}
+        wanted = set(field_set[len("doc:"):].split(","))
+        start, size = int(params.get("continuation", 0)), int(params.get("wantedDocumentCount", 1000))
+        with self.lock:
+            self.visits += 1
+            ids = list(self.docs)[start:start + size]
+            documents = [{"id": f"id:vespaquant:doc::{i}",
+                          "fields": {k: v for k, v in self.docs[i].items() if k in wanted}} for i in ids]
+            more = start + size < len(self.docs)
+        page = {"pathId": "/document/v1/vespaquant/doc/docid", "documents": documents, "documentCount": len(ids)}
+        return 200, {**page, "continuation": str(start + size)} if more else page
 
     def update(self, vespa_id: str, operations: dict) -> tuple[int, dict]:
         with self.lock:
@@ -131,7 +167,7 @@ class FakeVespa:
                 return rejected
             if any(not isinstance(op, dict) or set(op) != {"assign"} for op in operations.values()):
                 return 400, {"message": "the fake supports only assign updates"}
-            if vespa_id in self.docs:  # Vespa: an update of a missing document is a no-op answered 200
+            if vespa_id in self.docs and not self._unstored(vespa_id):  # Vespa: updating a missing document: 200
                 for name, op in operations.items():
                     self.docs[vespa_id][name] = op["assign"]
                 self._codes.clear()
@@ -180,6 +216,8 @@ class FakeVespa:
             if self.search_unavailable > 0:
                 self.search_unavailable -= 1
                 return 503, {"root": {"errors": [{"code": 12, "summary": "Unavailable", "message": "fake"}]}}
+            if self.search_answer is not None:
+                return self.search_answer  # type: ignore[return-value]
         select, where = _YQL.fullmatch(body["yql"]).groups()
         if "ranking.profile" not in body:
             matched = self._matches(where)
@@ -254,49 +292,83 @@ def _handler(fake: FakeVespa) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _body(self) -> dict:
+        def _read(self) -> bytes:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding") == "gzip":
-                raw = gzip.decompress(raw)
-            return json.loads(raw)
+            return gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
 
-        def do_GET(self) -> None:
-            if self.path == "/state/v1/health":
-                self._reply(200, {"status": {"code": "up"}})
-            else:
-                self._reply(404, {"message": "not found"})
+        def _faulted(self) -> bool:
+            """Apply the injected fault, if any, after the request was read (as a real server would)."""
+            if fake.faults is None:
+                return False
+            fault = fake.faults.decide(self.command, urlsplit(self.path).path)
+            if fault is None:
+                return False
+            kind, value = fault
+            if kind == "stall":
+                time.sleep(value)
+                return False
+            if kind == "drop":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return True
+            message = f"fault injected: HTTP {value}"
+            self._reply(int(value), {"message": message, "root": {"errors": [{"summary": "fault", "message": message}]}})
+            return True
 
-        def _document(self, write: Callable[[str, dict], tuple[int, dict]]) -> bool:
+        def _document(self, body: bytes, write: Callable[[str, dict], tuple[int, dict]]) -> bool:
             path = urlsplit(self.path).path
             prefix = "/document/v1/vespaquant/doc/docid/"
             if not path.startswith(prefix):
                 return False
-            self._reply(*write(unquote(path[len(prefix):]), self._body()["fields"]))
+            self._reply(*write(unquote(path[len(prefix):]), json.loads(body)["fields"]))
             return True
 
+        def do_GET(self) -> None:
+            if self._faulted():
+                return
+            url = urlsplit(self.path)
+            if url.path == "/state/v1/health":
+                self._reply(200, {"status": {"code": fake.health}})
+            elif url.path == "/document/v1/vespaquant/doc/docid":
+                self._reply(*fake.visit(dict(parse_qsl(url.query))))
+            else:
+                self._reply(404, {"message": "not found"})
+
         def do_POST(self) -> None:
-            if self._document(fake.put):
+            body = self._read()
+            if self._faulted() or self._document(body, fake.put):
                 return
             path = urlsplit(self.path).path
             if path == "/search/":
-                self._reply(*fake.search(self._body()))
+                self._reply(*fake.search(json.loads(body)))
             else:
                 self._reply(404, {"message": f"no handler for {path}"})
 
         def do_PUT(self) -> None:
+            body = self._read()
+            if self._faulted():
+                return
             fake.update_queries.append(urlsplit(self.path).query)
-            if not self._document(fake.update):
+            if not self._document(body, fake.update):
                 self._reply(405, {"message": f"PUT {self.path}: only document updates"})
 
     return Handler
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A threading server that does not print tracebacks when a client hung up first (stalls, drops)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
 @contextmanager
-def serving() -> Iterator[FakeVespa]:
-    state = FakeVespa()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+def serving(faults: "FaultPlan | None" = None) -> Iterator[FakeVespa]:
+    state = FakeVespa(faults=faults)
+    server = QuietServer(("127.0.0.1", 0), _handler(state))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:

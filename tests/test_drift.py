@@ -161,7 +161,8 @@ def shifted_report():
 def test_run_drift_writes_every_file(shifted_report, tmp_path: Path) -> None:
     written = write_drift(shifted_report, tmp_path)
     names = {p.name for p in written}
-    assert names == {"drift.json", "drift.csv", "drift_steps.csv", "policy.csv", "policy_steps.csv", "drift.png"}
+    assert names == {"drift.json", "drift.csv", "drift_steps.csv", "policy.csv", "policy_steps.csv", "drift.png",
+                     "table.txt"}
     assert all(p.stat().st_size > 0 for p in written)
     document = json.loads((tmp_path / "drift.json").read_text())
     assert len(document["fractions"]) == len(METHODS) * 2
@@ -232,3 +233,20 @@ def test_repeats_average_calibration_draws() -> None:
         run_drift(served, [METHODS["quaternary_asym"]], [0.1], order="given", repeats=2)
     with pytest.raises(VespaQuantError, match=r"expected values in \(0, 1\]"):
         run_drift(served, [METHODS["quaternary_asym"]], [0.0])
+
+
+def test_a_failing_plot_leaves_the_previous_drift_results(shifted_report, tmp_path: Path, monkeypatch) -> None:
+    import vespa_quant.drift.plot as plot
+
+    out = tmp_path / "drift"
+    write_drift(shifted_report, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(plot, "drift_plot", broken)
+    with pytest.raises(RuntimeError, match="no display"):
+        write_drift(shifted_report, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drift"]

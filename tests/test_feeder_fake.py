@@ -18,11 +18,16 @@ from vespa_quant.quantize.base import Calibration, calibrate, doc_view, encode, 
 from vespa_quant.quantize.registry import METHODS
 from vespa_quant.quantize.scoring import reference_score
 from vespa_quant.vespa.backend import VespaBackend
+from vespa_quant.vespa.client import HttpPolicy
 from vespa_quant.vespa.feeder import feed, read_manifest
 from vespa_quant.vespa.manifest import active_calibration
 from vespa_quant.vespa.naming import calibration_field_name, signs_field
 from vespa_quant.vespa.recalibrate import recalibrate, switch_active_slot, verify_inactive_slot, write_inactive_slot
 from vespa_quant.vespa.wire import decode_tensor_hex
+
+
+FAST = HttpPolicy(timeout=10, request_timeout=5, max_attempts=3, backoff_base=0.001, backoff_cap=0.01)
+"""Retries without noticeable waits, so failure paths stay fast."""
 
 
 def full_scores(method, calibration, codes, queries) -> np.ndarray:
@@ -68,20 +73,21 @@ def test_feed_reports_failures_and_retries_transient_ones(fake: FakeVespa, embed
     fake.permanent = {"d10": 400, "~YS9i": 507}  # "~YS9i" is how "a/b" travels
     fake.transient = {"d20": 2, "d30": 99}
     methods = [METHODS["float32"], METHODS["binary_asym"]]
-    report = feed(fake.url, embedded, methods, DIMS, calibration_dir=tmp_path, max_retries=2,
-                  retry_wait=0.01, progress=False)
+    report = feed(fake.url, embedded, methods, DIMS, calibration_dir=tmp_path, policy=FAST, progress=False)
     n = len(embedded.dataset.doc_ids)
     assert report.failed_ids == ["a/b", "d10", "d30"]  # corpus order
     assert report.errors["d10"] == "HTTP 400: fake rejects d10"
     assert report.errors["a/b"].startswith("HTTP 507")
-    assert report.errors["d30"] == "HTTP 503: fake is overloaded"
+    assert report.errors["d30"] == "HTTP 503: fake is overloaded (after 3 attempts)"
     assert report.n_fed == n - 3 and report.count_in_vespa == n - 3 and not report.complete
+    assert not (tmp_path / "manifest.json").exists() and (tmp_path / "manifest.pending.json").is_file()
     assert fake.transient["d30"] == 99 - 3  # first round + 2 retry rounds
 
 
 def test_feed_names_the_url_when_nothing_listens(embedded: EmbeddedDataset, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(VespaError, match=re.escape(f"nothing listens on {url}: start Vespa with `docker compose up -d`")):
+    with pytest.raises(VespaError, match=re.escape(f"nothing listens on {url} (health check): start Vespa with "
+                                                   "`vespa-quant up`")):
         feed(url + "/", embedded, [METHODS["float32"]], DIMS, calibration_dir=tmp_path, progress=False)
     assert not (tmp_path / "manifest.json").exists()
 
@@ -180,22 +186,22 @@ def test_vespa_backend_unknown_ids_missing_methods_and_retries(fake: FakeVespa, 
         VespaBackend(fake.url, renamed).search(method, calibration, codes, queries, 10)
 
     fake.search_unavailable = 2
-    found = VespaBackend(fake.url, embedded.dataset.doc_ids, retry_wait=0.01).search(method, calibration, codes,
-                                                                                    queries[:3], 10)
+    found = VespaBackend(fake.url, embedded.dataset.doc_ids, policy=FAST).search(method, calibration, codes,
+                                                                                queries[:3], 10)
     assert np.all(found.hits.indices >= 0)
     fake.search_unavailable = 10
     with pytest.raises(VespaError, match=r"failed with HTTP 503: Unavailable: fake"):
-        VespaBackend(fake.url, embedded.dataset.doc_ids, retry_wait=0.01, max_retries=1,
-                     concurrency=1).search(method, calibration, codes, queries[:1], 10)
+        VespaBackend(fake.url, embedded.dataset.doc_ids, policy=FAST, concurrency=1).search(
+            method, calibration, codes, queries[:1], 10)
 
     subset = tmp_path / "subset"
     feed(fake.url, embedded, [METHODS["binary_asym"]], (64,), calibration_dir=subset, progress=False)
     with pytest.raises(VespaError, match=r"has no calibration for float32@64: re-run vespa-quant feed"):
         VespaBackend(fake.url, embedded.dataset.doc_ids, calibration_dir=subset).search(
             method, calibration, codes, queries, 10)
-    with pytest.raises(VespaError, match="nothing listens|refused or dropped"):
-        VespaBackend(f"http://127.0.0.1:{free_port()}", embedded.dataset.doc_ids, retry_wait=0.01,
-                     max_retries=1).search(method, calibration, codes, queries[:1], 10)
+    with pytest.raises(VespaError, match="nothing listens"):
+        VespaBackend(f"http://127.0.0.1:{free_port()}", embedded.dataset.doc_ids, policy=FAST).search(
+            method, calibration, codes, queries[:1], 10)
 
 
 # --- recalibration: blue/green code slots ------------------------------------------------------
@@ -314,10 +320,10 @@ def test_a_failed_update_leaves_the_active_slot_unchanged(fake: FakeVespa, embed
     manifest_before = (tmp_path / "manifest.json").read_bytes()
     fake.failing_updates = {"d7": 500}
     fake.transient_updates = {"d8": 2}
-    report = recalibrate(fake.url, embedded, method, 64, tmp_path, new_calibration=new, max_retries=2,
-                         retry_wait=0.01, progress=False)
+    report = recalibrate(fake.url, embedded, method, 64, tmp_path, new_calibration=new, policy=FAST, progress=False)
     assert not report.switched and report.active_slot == "a"
-    assert report.failed_ids == ["d7"] and report.errors["d7"] == "HTTP 500: fake rejects the update of d7"
+    assert report.failed_ids == ["d7"]
+    assert report.errors["d7"] == "HTTP 500: fake rejects the update of d7 (after 3 attempts)"  # 500 is retried
     assert report.n_updated == N_DOCS - 1 and report.n_with_new_id is None
     assert fake.transient_updates["d8"] == 0  # a transient failure is sent again
     assert (tmp_path / "manifest.json").read_bytes() == manifest_before
@@ -327,9 +333,10 @@ def test_a_failed_update_leaves_the_active_slot_unchanged(fake: FakeVespa, embed
     assert_same_ranking(found.hits, local_search(method, old, codes, queries, k=10),
                         full_scores(method, old, codes, queries))
 
+    fake.failing_updates = {"d7": 400}
     written = write_inactive_slot(fake.url, embedded, method, 64, tmp_path, new_calibration=new, progress=False)
     with pytest.raises(VespaError, match=r"binary_median_asym@64: 1 of 200 updates of slot b failed, e\.g\. d7 "
-                                         r"\(HTTP 500: fake rejects the update of d7\); the active slot stays a"):
+                                         r"\(HTTP 400: fake rejects the update of d7\); the active slot stays a"):
         switch_active_slot(tmp_path, written, verify_inactive_slot(fake.url, written))
     assert (tmp_path / "manifest.json").read_bytes() == manifest_before
 
@@ -406,7 +413,7 @@ def test_recalibrate_refuses_what_it_cannot_switch(fake: FakeVespa, embedded: Em
         recalibrate(fake.url, embedded, method, 64, tmp_path, new_calibration=calibrate(method, embedded.at_dim(32)[0]),
                     progress=False)
     report = recalibrate(fake.url, embedded, method, 64, tmp_path, new_calibration=calibrate(method, docs[:20]),
-                         max_retries=0, progress=False)
+                         policy=HttpPolicy(max_attempts=1), progress=False)
     assert not report.switched and len(report.failed_ids) == N_DOCS
     assert report.errors["d0"] == "HTTP 400: No field 'int8_asym_64_calibration_b' in the structure of type 'doc'"
     assert _entry(tmp_path, "int8_asym")["active_slot"] == "a"

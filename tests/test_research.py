@@ -150,7 +150,7 @@ def test_analyze_writes_json_csv_png_and_formats_a_table(generated, tmp_path):
     assert len(rows[1][PER_DIMENSION]["excess_kurtosis"]) == 32
 
     paths = write_analysis(rows, tmp_path / "out")
-    assert [path.name for path in paths] == [ANALYSIS_JSON, ANALYSIS_CSV, ANALYSIS_PNG]
+    assert [path.name for path in paths] == [ANALYSIS_JSON, ANALYSIS_CSV, ANALYSIS_PNG, "table.txt"]
     assert all(path.stat().st_size > 0 for path in paths)
     assert paths[2].read_bytes()[:8] == PNG_MAGIC
     saved = json.loads(paths[0].read_text())

@@ -56,7 +56,7 @@ def _deploy_every_method(tmp_path: Path) -> None:
 
     write_package(tmp_path / "generated", list(METHODS.values()), DIMS)
     app_dir = assemble(tmp_path / "generated", "single", tmp_path / "app")
-    deploy(app_dir, CONFIG_ENDPOINT)
+    deploy(app_dir, CONFIG_ENDPOINT, timeout=600)
     wait_until_ready(ENDPOINT, CONFIG_ENDPOINT, timeout=900, progress=None)
 
 

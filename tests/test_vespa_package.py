@@ -389,7 +389,7 @@ def test_deploy_posts_the_zip_to_prepareandactivate(single_app):
         deploy(single_app, config_url=fake.url + "/", timeout=10)
     [(method, path, headers, body)] = fake.requests
     assert (method, path) == ("POST", "/application/v2/tenant/default/prepareandactivate")
-    assert headers["Content-Type"] == "application/zip"
+    assert {k.lower(): v for k, v in headers.items()}["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         assert archive.testzip() is None
         assert {"services.xml", "schemas/doc.sd"} <= set(archive.namelist())

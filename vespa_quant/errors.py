@@ -23,3 +23,14 @@ class VespaError(VespaQuantError):
 
 class DockerError(VespaError):
     """The Docker engine is unreachable, refused a request, or holds containers that are not ours."""
+
+
+class EndpointUnreachableError(VespaError):
+    """Nothing listens at a Vespa endpoint (connection refused): fail at once, naming it."""
+
+
+class InterruptedRunError(VespaQuantError):
+    """SIGINT/SIGTERM stopped a run before it finished; the message summarises how far it got.
+
+    The CLI prints it as one line and exits 130 (128 + SIGINT), like a shell would.
+    """

@@ -9,6 +9,7 @@ import typer
 
 from vespa_quant.cli import app
 from vespa_quant.cli.common import (
+    COMMAND_STARTED,
     Backend,
     BootstrapSeedOption,
     CacheDirOption,
@@ -25,7 +26,8 @@ from vespa_quant.cli.common import (
     RotationOption,
     SeedOption,
     StreamOrder,
-    check_output_dir,
+    TimeoutOption,
+    check_dims_syntax,
     cli_errors,
     echo_written,
     load_inputs,
@@ -33,6 +35,7 @@ from vespa_quant.cli.common import (
     parse_floats,
 )
 from vespa_quant.errors import VespaQuantError
+from vespa_quant.folders import check_results_dir, folder_lock
 
 
 @app.command("methods")
@@ -64,13 +67,17 @@ def evaluate_command(
     resamples: ResamplesOption = 1000,
     seed: SeedOption = 0,
     bootstrap_seed: BootstrapSeedOption = 0,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for results.json, results.csv, per_query.csv and pareto.png.")] = Path("out"),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Results folder (results.json, results.csv, per_query.csv, pareto.png, table.txt), "
+                               "replaced as a whole when the run succeeds.")] = Path("out/evaluate"),
     data_root: DataRootOption = None,
     cache_dir: CacheDirOption = None,
     doc_embeddings: DocEmbeddingsOption = None,
     query_embeddings: QueryEmbeddingsOption = None,
-    calibration_dir: Annotated[Optional[Path], typer.Option(
-        "--calibration-dir", help="With --backend vespa: the folder `vespa-quant feed` wrote; queries follow its active slots.")] = None,
+    calibration_dir: Annotated[Path, typer.Option(
+        "--calibration-dir", help="With --backend vespa: the folder `vespa-quant feed` wrote; queries follow its "
+                                  "active slots, and its manifest must describe this dataset.")] = Path("out/calibrations"),
+    timeout: TimeoutOption = 60.0,
 ) -> None:
     """Evaluate quantization methods: NDCG@10 with bootstrap CIs, bytes/vector, paired delta vs float32."""
     from vespa_quant.evaluate.report import format_table
@@ -78,23 +85,37 @@ def evaluate_command(
     from vespa_quant.quantize.registry import parse_methods
 
     chosen = parse_methods(methods)
-    check_output_dir(output)
+    check_dims_syntax(dims)
+    check_results_dir(output)
     if k1 is not None and hits > k1:
         raise VespaQuantError(f"--hits {hits} is more than --k1 {k1}: a two-phase search returns at most k1 hits")
-    embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
-                           doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
-    search_backend: SearchBackend
-    if backend == "vespa":
-        from vespa_quant.vespa.backend import VespaBackend
+    with folder_lock(output):
+        before_embedding = None
+        if backend == "vespa":
+            from vespa_quant.vespa.client import HttpPolicy, check_endpoint
+            from vespa_quant.vespa.manifest import check_manifest_dataset, read_manifest
 
-        search_backend = VespaBackend(endpoint=endpoint, doc_ids=embedded.dataset.doc_ids,
-                                      calibration_dir=calibration_dir)
-    else:
-        search_backend = LocalBackend()
-    evaluation = evaluate(embedded, chosen, parse_dims(dims, embedded.native_dim), rotation=rotation, seed=seed,
-                          backend=search_backend, hits=hits, k1=k1, n_resamples=resamples,
-                          bootstrap_seed=bootstrap_seed)
-    written = write_evaluation(evaluation, output, title=f"{embedded.dataset.name} / {model}")
+            policy = HttpPolicy(timeout=timeout)
+            read_manifest(calibration_dir)
+            check_endpoint(endpoint, policy, started=COMMAND_STARTED[0])
+
+            def before_embedding(loaded) -> None:
+                check_manifest_dataset(calibration_dir, loaded, model)
+
+        embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir, doc_embeddings=doc_embeddings,
+                               query_embeddings=query_embeddings, before_embedding=before_embedding)
+        search_backend: SearchBackend
+        if backend == "vespa":
+            from vespa_quant.vespa.backend import VespaBackend
+
+            search_backend = VespaBackend(endpoint=endpoint, doc_ids=embedded.dataset.doc_ids,
+                                          calibration_dir=calibration_dir, policy=policy)
+        else:
+            search_backend = LocalBackend()
+        evaluation = evaluate(embedded, chosen, parse_dims(dims, embedded.native_dim), rotation=rotation, seed=seed,
+                              backend=search_backend, hits=hits, k1=k1, n_resamples=resamples,
+                              bootstrap_seed=bootstrap_seed)
+        written = write_evaluation(evaluation, output, title=f"{embedded.dataset.name} / {model}")
     typer.echo(format_table(evaluation.rows))
     echo_written(written)
 
@@ -118,26 +139,29 @@ def drift_command(
     repeats: Annotated[Optional[int], typer.Option(
         "--repeats", min=1, help="Calibration draws per fraction (default 5 for --order random, 1 for given).")] = None,
     resamples: ResamplesOption = 1000,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for drift.json/csv, drift_steps.csv, policy.csv and drift.png.")] = Path("out/drift"),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Results folder (drift.json/csv, drift_steps.csv, policy.csv, drift.png, table.txt), "
+                               "replaced as a whole when the run succeeds.")] = Path("out/drift"),
     data_root: DataRootOption = None,
     cache_dir: CacheDirOption = None,
     doc_embeddings: DocEmbeddingsOption = None,
     query_embeddings: QueryEmbeddingsOption = None,
 ) -> None:
     """Streaming drift: how calibrations frozen on early documents degrade, and when to recalibrate."""
-    from vespa_quant.drift.runner import format_drift_table, run_drift, write_drift
+    from vespa_quant.drift.runner import check_fractions, format_drift_table, run_drift, write_drift
     from vespa_quant.quantize.registry import parse_methods
 
     chosen = parse_methods(methods)
-    fractions = parse_floats(calibration_fraction, "--calibration-fraction")
-    check_output_dir(output)
-    embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
-                           doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
-    other = load_inputs(calibrate_on, model, data_root=data_root, cache_dir=cache_dir) if calibrate_on else None
-    report = run_drift(embedded, chosen, fractions, order=order, seed=seed, calibrate_on=other, steps=steps,
-                       n_resamples=resamples, rotation=rotation, dim=dim,
-                       repeats=repeats or (5 if order == "random" else 1), show_progress=True)
-    written = write_drift(report, output)
+    fractions = check_fractions(parse_floats(calibration_fraction, "--calibration-fraction"))
+    check_results_dir(output)
+    with folder_lock(output):
+        embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                               doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
+        other = load_inputs(calibrate_on, model, data_root=data_root, cache_dir=cache_dir) if calibrate_on else None
+        report = run_drift(embedded, chosen, fractions, order=order, seed=seed, calibrate_on=other, steps=steps,
+                           n_resamples=resamples, rotation=rotation, dim=dim,
+                           repeats=repeats or (5 if order == "random" else 1), show_progress=True)
+        written = write_drift(report, output)
     typer.echo(format_drift_table(report))
     echo_written(written)
 
@@ -148,7 +172,9 @@ def analyze_command(
     dataset: DatasetOption = "scifact",
     model: ModelOption = "all-MiniLM-L6-v2",
     dims: DimsOption = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for analysis.json, analysis.csv and analysis.png.")] = Path("out/analysis"),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Results folder (analysis.json, analysis.csv, analysis.png, table.txt), replaced as a "
+                               "whole when the run succeeds.")] = Path("out/analysis"),
     data_root: DataRootOption = None,
     cache_dir: CacheDirOption = None,
     doc_embeddings: DocEmbeddingsOption = None,
@@ -159,11 +185,13 @@ def analyze_command(
     Q3, Q5, Q7, Q8)."""
     from vespa_quant.research import analyze, format_analysis, write_analysis
 
-    check_output_dir(output)
-    embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
-                           doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
-    rows = analyze(embedded, parse_dims(dims, embedded.native_dim))
-    written = write_analysis(rows, output)
+    check_dims_syntax(dims)
+    check_results_dir(output)
+    with folder_lock(output):
+        embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
+                               doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
+        rows = analyze(embedded, parse_dims(dims, embedded.native_dim))
+        written = write_analysis(rows, output)
     typer.echo(format_analysis(rows))
     echo_written(written)
 

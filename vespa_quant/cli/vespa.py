@@ -9,6 +9,7 @@ import typer
 
 from vespa_quant.cli import app
 from vespa_quant.cli.common import (
+    COMMAND_STARTED,
     CacheDirOption,
     CalibrationDirOption,
     DataRootOption,
@@ -20,12 +21,14 @@ from vespa_quant.cli.common import (
     QueryEmbeddingsOption,
     RotationOption,
     SeedOption,
+    TimeoutOption,
     Variant,
     check_output_dir,
     cli_errors,
     load_inputs,
     parse_dims,
     parse_ints,
+    stderr,
 )
 from vespa_quant.errors import VespaQuantError
 from vespa_quant.vespa.topology import DEFAULT_MEMORY
@@ -51,28 +54,32 @@ def deploy_command(
         "--config-url", help="Config server (default http://localhost:19071, cluster: http://localhost:19072).")] = None,
     endpoint: Annotated[Optional[str], typer.Option(
         "--endpoint", help="Query container to wait for (default http://localhost:8080, cluster: http://localhost:8081).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for the config server, the deploy and the container.")] = 300,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.1, help="Seconds each wait may take: for the config server, for the deploy, for the "
+                                   "container (a cold start may need more).")] = 60,
 ) -> None:
     """Generate the Vespa application package from the method registry, and deploy it."""
     from vespa_quant.quantize.registry import parse_methods
     from vespa_quant.vespa.compose import write_compose
-    from vespa_quant.vespa.deploy import deploy, wait_until_ready
+    from vespa_quant.vespa.deploy import REFUSED_GRACE, deploy, wait_until_ready
     from vespa_quant.vespa.services import assemble, write_package
 
     chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
     check_output_dir(out, "--out")
+    app_dir = check_output_dir(app_dir or Path("out") / f"application-{variant}", "--app-dir")
     written = write_package(out, chosen, dim_list) + write_compose(out)
-    app_dir = assemble(out, variant, app_dir or Path("out") / f"application-{variant}")
+    app_dir = assemble(out, variant, app_dir)
     typer.echo("wrote " + ", ".join(str(p) for p in written) + f"; application folder {app_dir}")
     if dry_run:
         return
     cluster = variant == "cluster"
     config_url = config_url or ("http://localhost:19072" if cluster else "http://localhost:19071")
     endpoint = endpoint or ("http://localhost:8081" if cluster else "http://localhost:8080")
-    wait_until_ready(query_url=None, config_url=config_url, timeout=timeout)
+    grace = min(REFUSED_GRACE, timeout / 6)  # a refused port: nothing is starting there
+    wait_until_ready(query_url=None, config_url=config_url, timeout=timeout, refused_grace=grace)
     deploy(app_dir, config_url=config_url, timeout=timeout)
     typer.echo(f"deployed {app_dir} to {config_url}")
-    wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout)
+    wait_until_ready(query_url=endpoint, config_url=config_url, timeout=timeout, refused_grace=grace)
 
 
 @app.command("up")
@@ -134,7 +141,10 @@ def feed_command(
     endpoint: EndpointOption = "http://localhost:8080",
     calibration_dir: CalibrationDirOption = Path("out/calibrations"),
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections for feeding.")] = 8,
-    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Extra rounds for documents that failed with 429/5xx.")] = 3,
+    max_retries: Annotated[int, typer.Option(
+        "--max-retries", min=0, help="Retries per document after 429/5xx or a dropped connection (capped backoff, "
+                                     "within --timeout).")] = 15,
+    timeout: TimeoutOption = 60.0,
     keep_calibrations: Annotated[bool, typer.Option(
         "--keep-calibrations", help="Encode with the calibrations already in --calibration-dir (every slot, active slots kept): "
                                     "for documents arriving after a calibration or recalibration. Default: calibrate afresh.")] = False,
@@ -143,26 +153,32 @@ def feed_command(
     doc_embeddings: DocEmbeddingsOption = None,
     query_embeddings: QueryEmbeddingsOption = None,
 ) -> None:
-    """Embed (cached), calibrate, encode and feed every document; idempotent, so a re-run resumes."""
+    """Embed (cached), calibrate, encode and feed; sends only what Vespa lacks, verifies, then switches the manifest.
+
+    The manifest changes only once Vespa holds every document as planned; a failed or interrupted feed
+    leaves it as it was, writes every document's state to feed-status.json, and a re-run resumes.
+    """
     from vespa_quant.quantize.registry import parse_methods
-    from vespa_quant.vespa.feeder import check_listening, feed
+    from vespa_quant.vespa.client import HttpPolicy, check_endpoint
+    from vespa_quant.vespa.feeder import feed
+    from vespa_quant.vespa.manifest import read_manifest
 
     chosen, dim_list = parse_methods(methods), parse_ints(dims, "--dims")
     check_output_dir(calibration_dir, "--calibration-dir")
-    check_listening(endpoint.rstrip("/"))
+    if keep_calibrations:
+        read_manifest(calibration_dir)
+    policy = HttpPolicy(timeout=timeout, max_attempts=max_retries + 1)
+    check_endpoint(endpoint, policy, say=stderr, started=COMMAND_STARTED[0])
     embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
                            doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
     report = feed(endpoint, embedded, chosen, parse_dims(",".join(map(str, dim_list)), embedded.native_dim),
                   rotation=rotation, seed=seed, calibration_dir=calibration_dir, concurrency=concurrency,
-                  max_retries=max_retries, keep_calibrations=keep_calibrations)
-    typer.echo(f"fed {report.n_fed}/{report.n_docs} documents, calibration set {report.calibration_set}, "
-               f"manifest {report.manifest}; Vespa counts {report.count_in_vespa}")
-    if report.failed_ids:
-        shown = ", ".join(report.failed_ids[:20]) + (" ..." if len(report.failed_ids) > 20 else "")
-        first = report.errors.get(report.failed_ids[0], "")
-        raise VespaQuantError(f"{len(report.failed_ids)} documents failed ({shown}); first error: {first}")
-    if report.count_in_vespa != report.n_docs:
-        raise VespaQuantError(f"Vespa holds {report.count_in_vespa} documents, the corpus has {report.n_docs}")
+                  policy=policy, keep_calibrations=keep_calibrations)
+    if not report.complete:
+        first = report.errors.get(report.failed_ids[0], "") if report.failed_ids else ""
+        raise VespaQuantError(report.summary() + (f"; first error: {first}" if first else "")
+                              + (f"; states in {report.status_file}" if report.status_file else ""))
+    typer.echo(f"{report.summary()}; calibration set {report.calibration_set}")
 
 
 @app.command("recalibrate")
@@ -177,6 +193,7 @@ def recalibrate_command(
     endpoint: EndpointOption = "http://localhost:8080",
     calibration_dir: CalibrationDirOption = Path("out/calibrations"),
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Parallel HTTP connections for the partial updates.")] = 8,
+    timeout: TimeoutOption = 60.0,
     data_root: DataRootOption = None,
     cache_dir: CacheDirOption = None,
     doc_embeddings: DocEmbeddingsOption = None,
@@ -189,24 +206,32 @@ def recalibrate_command(
     """
     from vespa_quant.quantize.base import Calibration
     from vespa_quant.quantize.registry import get_method
-    from vespa_quant.vespa.feeder import check_listening
+    from vespa_quant.vespa.client import HttpPolicy, check_endpoint
+    from vespa_quant.vespa.manifest import manifest_entry, read_manifest
     from vespa_quant.vespa.recalibrate import recalibrate
 
     chosen = get_method(method)
+    if not chosen.needs_calibration:
+        raise VespaQuantError(f"{method} needs no calibration: there is nothing to recalibrate")
     given = Calibration.load(calibration) if calibration else None
-    check_listening(endpoint.rstrip("/"))
+    if given is not None and (given.method, given.dim) != (method, dim):
+        raise VespaQuantError(f"--calibration {calibration} is for {given.method}@{given.dim}, not {method}@{dim}")
+    check_output_dir(calibration_dir, "--calibration-dir")
+    manifest_entry(read_manifest(calibration_dir), method, dim, calibration_dir)
+    policy = HttpPolicy(timeout=timeout)
+    check_endpoint(endpoint, policy, say=stderr, started=COMMAND_STARTED[0])
     embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
                            doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
     report = recalibrate(endpoint, embedded, chosen, dim, calibration_dir, new_calibration=given,
-                         concurrency=concurrency)
+                         concurrency=concurrency, policy=policy)
     typer.echo(f"{method}@{dim}: slot {report.old_slot} ({report.old_calibration_id}) -> slot {report.new_slot} "
                f"({report.new_calibration_id}); updated {report.n_updated}/{report.n_docs}, "
                f"{report.n_with_new_id} documents carry the new id, Vespa counts {report.count_in_vespa}")
     if not report.switched:
-        shown = ", ".join(report.failed_ids[:20])
+        shown = ", ".join(report.failed_ids[:20] or report.lacking_ids[:20])
         raise VespaQuantError(f"not switched, queries stay on slot {report.old_slot}"
                               + (f": {len(report.failed_ids)} updates failed ({shown})" if report.failed_ids
-                                 else ": not every document carries the new calibration"))
+                                 else f": not every document carries the new calibration ({shown})"))
     typer.echo(f"switched: queries now use slot {report.new_slot}")
 
 

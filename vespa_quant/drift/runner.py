@@ -84,7 +84,8 @@ def prefix_size(fraction: float, n_docs: int) -> int:
     return max(1, min(n_docs, math.ceil(round(fraction * n_docs, 9))))
 
 
-def _check_fractions(fractions: Sequence[float]) -> list[float]:
+def check_fractions(fractions: Sequence[float]) -> list[float]:
+    """Distinct calibration fractions in (0, 1], sorted: checked by the CLI before anything is embedded."""
     cleaned = sorted({float(f) for f in fractions})
     if not cleaned or any(not 0.0 < f <= 1.0 for f in cleaned):
         raise VespaQuantError(f"calibration fractions {list(fractions)}: expected values in (0, 1]")
@@ -200,7 +201,7 @@ def run_drift(embedded: EmbeddedDataset, methods: Sequence[Quantizer], fractions
     checkpoints and the policy use the first stream.
     """
     started = time.perf_counter()
-    fractions = _check_fractions(fractions)
+    fractions = check_fractions(fractions)
     if steps < 1:
         raise VespaQuantError(f"steps is {steps}, expected at least 1")
     if repeats < 1 or (repeats > 1 and order != "random"):
@@ -225,7 +226,7 @@ def run_drift(embedded: EmbeddedDataset, methods: Sequence[Quantizer], fractions
     else:
         sources = [stream, *(docs[stream_order(len(docs), order, seed + r)] for r in range(1, repeats))]
         initial_fraction = fractions[0] if initial_fraction is None else initial_fraction
-    _check_fractions([initial_fraction])
+    check_fractions([initial_fraction])
     source_name = (calibrate_on or embedded).dataset.name
 
     report = DriftReport(settings={
@@ -470,16 +471,16 @@ def _write_csv(rows: list[dict], path: Path) -> Path:
 
 
 def write_drift(report: DriftReport, out_dir: Path, *, title: str | None = None) -> list[Path]:
-    """drift.json (everything), drift.csv (fractions), drift_steps.csv, policy.csv,
-    policy_steps.csv and drift.png in ``out_dir``; returns the paths written."""
+    """drift.json (everything), drift.csv (fractions), drift_steps.csv, policy.csv, policy_steps.csv,
+    drift.png and table.txt (the printed table) in ``out_dir``, written as a set
+    (:func:`vespa_quant.folders.write_folder`); returns the paths written."""
     import json
 
     from vespa_quant.drift.plot import drift_plot
     from vespa_quant.evaluate.report import to_builtin
     from vespa_quant.files import atomic_write_text
+    from vespa_quant.folders import write_folder
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     document = {
         "settings": report.settings, "fractions": report.fraction_rows, "steps": report.step_rows,
         "policy": report.policy_rows, "policy_steps": report.policy_step_rows,
@@ -490,13 +491,16 @@ def write_drift(report: DriftReport, out_dir: Path, *, title: str | None = None)
         ],
         "conclusion": significance_sentence(report),
     }
-    json_path = out_dir / DRIFT_JSON
-    atomic_write_text(json_path, json.dumps(to_builtin(document), indent=2, allow_nan=False) + "\n")
-    return [
-        json_path,
-        _write_csv(report.fraction_rows, out_dir / DRIFT_CSV),
-        _write_csv(report.step_rows, out_dir / DRIFT_STEPS_CSV),
-        _write_csv(report.policy_rows, out_dir / POLICY_CSV),
-        _write_csv(report.policy_step_rows, out_dir / POLICY_STEPS_CSV),
-        drift_plot(report, out_dir / DRIFT_PNG, title=title),
-    ]
+
+    def write(staging: Path) -> list[Path]:
+        return [
+            atomic_write_text(staging / DRIFT_JSON, json.dumps(to_builtin(document), indent=2, allow_nan=False) + "\n"),
+            _write_csv(report.fraction_rows, staging / DRIFT_CSV),
+            _write_csv(report.step_rows, staging / DRIFT_STEPS_CSV),
+            _write_csv(report.policy_rows, staging / POLICY_CSV),
+            _write_csv(report.policy_step_rows, staging / POLICY_STEPS_CSV),
+            drift_plot(report, staging / DRIFT_PNG, title=title),
+            atomic_write_text(staging / "table.txt", format_drift_table(report) + "\n"),
+        ]
+
+    return write_folder(Path(out_dir), write)

@@ -161,15 +161,22 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
 
 
 def write_evaluation(evaluation: Evaluation, out_dir: Path, *, title: str | None = None) -> list[Path]:
-    """results.json, results.csv, per_query.csv and pareto.png in ``out_dir``."""
-    from vespa_quant.evaluate.plot import pareto_plot
-    from vespa_quant.evaluate.report import csv_text, write_results
-    from vespa_quant.files import atomic_write_text
+    """results.json, results.csv, per_query.csv, pareto.png and table.txt (the printed table) in ``out_dir``.
 
-    out_dir = Path(out_dir)
-    written = list(write_results(evaluation.rows, out_dir))
-    per_query = atomic_write_text(out_dir / "per_query.csv", csv_text(
-        evaluation.per_query, ["dim", "method", "query_id", "ndcg_at_10", "recall_at_100"]))
-    written.append(per_query)
-    written.append(pareto_plot(evaluation.rows, out_dir / "pareto.png", title=title))
-    return written
+    Written as a set (:func:`vespa_quant.folders.write_folder`): into a staging folder first, then
+    swapped in whole; a failure anywhere (the plot included) leaves the previous results as they were.
+    """
+    from vespa_quant.evaluate.plot import pareto_plot
+    from vespa_quant.evaluate.report import csv_text, format_table, write_results
+    from vespa_quant.files import atomic_write_text
+    from vespa_quant.folders import write_folder
+
+    def write(staging: Path) -> list[Path]:
+        written = list(write_results(evaluation.rows, staging))
+        written.append(atomic_write_text(staging / "per_query.csv", csv_text(
+            evaluation.per_query, ["dim", "method", "query_id", "ndcg_at_10", "recall_at_100"])))
+        written.append(pareto_plot(evaluation.rows, staging / "pareto.png", title=title))
+        written.append(atomic_write_text(staging / "table.txt", format_table(evaluation.rows) + "\n"))
+        return written
+
+    return write_folder(Path(out_dir), write)

@@ -175,19 +175,25 @@ def analysis_plot(rows: Sequence[dict], path: Path) -> Path:
 
 
 def write_analysis(rows: Sequence[dict], out_dir: Path) -> list[Path]:
-    """Write ``analysis.json`` (everything), ``analysis.csv`` (scalars) and ``analysis.png``
-    (:func:`analysis_plot`) into ``out_dir``, created if needed; returns the three paths."""
+    """Write ``analysis.json`` (everything), ``analysis.csv`` (scalars), ``analysis.png``
+    (:func:`analysis_plot`) and ``table.txt`` (the printed table) into ``out_dir``, as a set
+    (:func:`vespa_quant.folders.write_folder`); returns the paths."""
+    from vespa_quant.folders import write_folder
+
     if not rows:
         raise VespaQuantError("write_analysis got no analysis rows")
     json_text = analysis_json_text(rows)
     csv_text = analysis_csv_text(rows)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        atomic_write_text(out_dir / ANALYSIS_JSON, json_text),
-        atomic_write_text(out_dir / ANALYSIS_CSV, csv_text),
-        analysis_plot(rows, out_dir / ANALYSIS_PNG),
-    ]
+
+    def write(staging: Path) -> list[Path]:
+        return [
+            atomic_write_text(staging / ANALYSIS_JSON, json_text),
+            atomic_write_text(staging / ANALYSIS_CSV, csv_text),
+            analysis_plot(rows, staging / ANALYSIS_PNG),
+            atomic_write_text(staging / "table.txt", format_analysis(rows) + "\n"),
+        ]
+
+    return write_folder(Path(out_dir), write)
 
 
 def _cell(value: Any) -> str:

@@ -1,11 +1,18 @@
 """The Vespa search backend: the same queries as the local engine, answered by a live Vespa.
 
 Documents are fed beforehand (:mod:`vespa_quant.vespa.feeder`); here each query becomes one
-``POST /search/`` body (:func:`vespa_quant.vespa.documents.query_body`) on the method's rank
-profile, sent concurrently from a thread pool with one ``requests`` session per thread. 429, 502,
-503 and 504 (soft timeout is off, so an overloaded query fails with 504 rather than returning a
-truncated ranking) and dropped connections are retried with exponential backoff. Each hit's
-``doc_id`` field maps back to a corpus row.
+``POST /search/`` body (:func:`vespa_quant.vespa.wire.query_body`) on the method's rank
+profile, sent by pyvespa's ``VespaSync.query`` from the bounded worker pool
+(:mod:`vespa_quant.vespa.sending`) under the one HTTP policy (:mod:`vespa_quant.vespa.client`):
+429 and 5xx (soft timeout is off, so an overloaded query fails with 504 rather than returning a
+truncated ranking) and dropped connections are retried with capped, jittered backoff, within
+the deadline. Each hit's ``doc_id`` field maps back to a corpus row; an answer of another shape
+is an error naming the endpoint and the shape expected.
+
+Why not pyvespa's ``query_many``: its ``AdaptiveThrottler`` halves concurrency whenever more than
+10% of answers are errors (down to one query at a time under the transient 5xx the policy
+retries), its default retry ignores the status code, and it reports no per-query latency, which
+the results record.
 
 Calibration slots: a calibrated method's documents hold two code slots, and the calibration
 manifest says which one is active (:mod:`vespa_quant.vespa.manifest`). Each search reads the
@@ -18,32 +25,22 @@ flip keeps reading untouched codes and one that starts after reads complete ones
 
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import requests
 
 from vespa_quant.engine.local import DEFAULT_K1, Hits
 from vespa_quant.errors import VespaError
 from vespa_quant.evaluate.runner import BackendHits
 from vespa_quant.quantize.base import Arrays, Calibration, Quantizer, first_phase_query, query_inputs
+from vespa_quant.vespa.client import Answer, HttpPolicy, VespaClient, server_message, shown
 from vespa_quant.vespa.manifest import active_calibration, manifest_entry, manifest_path, read_manifest
 from vespa_quant.vespa.naming import DOC_ID_FIELD, calibration_field_name
+from vespa_quant.vespa.sending import run_pool
 from vespa_quant.vespa.wire import iter_rows, query_body
 
-RETRY_STATUS = frozenset({429, 502, 503, 504})
-
-
-def _error_text(response: requests.Response) -> str:
-    try:
-        errors = response.json()["root"]["errors"]
-        return "; ".join(f"{e.get('summary', '')}: {e.get('message', '')}".strip(": ") for e in errors)
-    except (ValueError, KeyError, TypeError):
-        return response.text.strip()[:500] or response.reason or "no message"
+HITS_SHAPE = '{"root": {"children": [{"relevance": <number>, "fields": {"doc_id": ...}}]}}'
 
 
 @dataclass
@@ -61,9 +58,8 @@ class VespaBackend:
     doc_ids: list[str]
     concurrency: int = 8
     calibration_dir: Path | None = None
-    timeout: float = 10.0
-    max_retries: int = 3
-    retry_wait: float = 0.2
+    policy: HttpPolicy = field(default_factory=HttpPolicy)
+    """Timeouts and retries; each query's Vespa-side ``timeout`` is the policy's attempt timeout."""
     name: str = "vespa"
     _rows: dict[str, int] = field(init=False, repr=False)
 
@@ -111,43 +107,32 @@ class VespaBackend:
             k1 = DEFAULT_K1
         hits = k if k1 is None else min(k, k1)
         nn = None if k1 is None else first_phase_query(method, queries, calibration)
+        timeout = 0.8 * self.policy.attempt_timeout  # Vespa gives up (504) before the client does
         bodies = [
             query_body(method, calibration.dim, row, hits=hits, k1=k1,
-                       nn_query=None if nn is None else nn[i], timeout=self.timeout, slot=slot)
+                       nn_query=None if nn is None else nn[i], timeout=timeout, slot=slot)
             for i, row in enumerate(iter_rows(query_inputs(method, queries, calibration)))
         ]
-        sessions: list[requests.Session] = []
-        local = threading.local()
-        lock = threading.Lock()
-
-        def session() -> requests.Session:
-            if not hasattr(local, "session"):
-                local.session = requests.Session()
-                with lock:
-                    sessions.append(local.session)
-            return local.session
-
-        def run(i: int) -> tuple[dict, float]:
-            return self._post(session(), bodies[i], f"query {i} ({bodies[i]['ranking.profile']})")
-
-        try:
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                answers = list(pool.map(run, range(len(bodies))))
-        finally:
-            for s in sessions:
-                s.close()
-
+        url = self.endpoint + "/search/"
+        with VespaClient(self.endpoint, self.policy) as client:
+            run = run_pool(client, enumerate(bodies), lambda body: client.query(body, f"query ({body['ranking.profile']})"),
+                           total=len(bodies), concurrency=self.concurrency, handle_signals=False)
+        if run.fatal is not None:
+            raise run.fatal
+        if run.stop_reason is not None or len(run.answers) < len(bodies):
+            raise VespaError(f"searching {url} stopped after {len(run.answers)} of {len(bodies)} queries: "
+                             f"{run.stop_reason or 'interrupted'}")
         indices = np.full((len(bodies), k), -1, dtype=np.int64)
         scores = np.full((len(bodies), k), -np.inf)
         latencies = np.empty(len(bodies))
-        for i, (payload, latency_ms) in enumerate(answers):
-            latencies[i] = latency_ms
-            for j, hit in enumerate(payload.get("root", {}).get("children", [])[:k]):
-                fields = hit.get("fields", {})
-                doc_id = fields.get(DOC_ID_FIELD)
+        for i in range(len(bodies)):
+            answer = run.answers[i]
+            what = f"query {i} ({bodies[i]['ranking.profile']})"
+            latencies[i] = answer.latency_ms
+            for j, (doc_id, relevance, fields) in enumerate(self._hits(answer, url, what)[:k]):
                 if doc_id not in self._rows:
                     raise VespaError(
-                        f"query {i}: Vespa returned document {doc_id!r}, which is not one of the "
+                        f"{what}: Vespa returned document {doc_id!r}, which is not one of the "
                         f"{len(self.doc_ids)} corpus ids: the index holds other documents; feed this "
                         f"dataset into an empty Vespa"
                     )
@@ -158,42 +143,34 @@ class VespaBackend:
                         f"this query uses calibration {expected}: re-run vespa-quant feed / recalibrate"
                     )
                 indices[i, j] = self._rows[doc_id]
-                scores[i, j] = float(hit["relevance"])
+                scores[i, j] = relevance
         return BackendHits(Hits(indices, scores), latencies)
 
-    def _post(self, session: requests.Session, body: dict, what: str) -> tuple[dict, float]:
-        """One query with retries; returns the JSON answer and the last attempt's latency in ms."""
-        url = self.endpoint + "/search/"
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            started = time.perf_counter()
-            try:
-                response = session.post(url, json=body, timeout=self.timeout + 5)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if last:
-                    problem = ("did not answer within " f"{self.timeout + 5:g} s"
-                               if isinstance(exc, requests.Timeout) else "refused or dropped the connection")
-                    raise VespaError(f"{what}: {url} {problem} after {attempt + 1} attempts") from exc
-                time.sleep(self.retry_wait * 2 ** attempt)
-                continue
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            if response.status_code in RETRY_STATUS and not last:
-                time.sleep(self.retry_wait * 2 ** attempt)
-                continue
-            if response.status_code != 200:
-                raise VespaError(f"{what} to {url} failed with HTTP {response.status_code}: {_error_text(response)}")
-            try:
-                payload = response.json()
-            except ValueError as exc:
-                raise VespaError(f"{what}: {url} answered with non-JSON text") from exc
-            root = payload.get("root", {})
-            if root.get("errors"):
-                raise VespaError(f"{what} to {url} returned errors: {_error_text(response)}")
-            coverage = root.get("coverage", {})
-            if coverage.get("full") is False or coverage.get("degraded"):
-                raise VespaError(
-                    f"{what}: Vespa searched only {coverage.get('coverage')}% of the documents "
-                    f"(degraded: {coverage.get('degraded')}); results would be incomplete"
-                )
-            return payload, latency_ms
-        raise AssertionError("unreachable")
+    @staticmethod
+    def _hits(answer: Answer, url: str, what: str) -> list[tuple[str, float, dict]]:
+        """(doc_id, relevance, summary fields) of each hit; one-line errors for failures and wrong shapes."""
+        if not answer.ok:
+            raise VespaError(f"{what} to {url} failed with "
+                             + (f"HTTP {answer.status}: " if answer.status else "") + answer.message)
+        payload = answer.payload
+        root = payload.get("root") if isinstance(payload, dict) else None
+        if not isinstance(root, dict):
+            raise VespaError(f"{what}: {url} answered {shown(payload)}, expected {HITS_SHAPE}")
+        if root.get("errors"):
+            raise VespaError(f"{what} to {url} returned errors: {server_message(payload)}")
+        coverage = root.get("coverage", {})
+        if isinstance(coverage, dict) and (coverage.get("full") is False or coverage.get("degraded")):
+            raise VespaError(
+                f"{what}: Vespa searched only {coverage.get('coverage')}% of the documents "
+                f"(degraded: {coverage.get('degraded')}); results would be incomplete"
+            )
+        children = root.get("children", [])
+        hits = []
+        for hit in children if isinstance(children, list) else [None]:
+            fields = hit.get("fields") if isinstance(hit, dict) else None
+            relevance = hit.get("relevance") if isinstance(hit, dict) else None
+            if not isinstance(fields, dict) or not isinstance(relevance, (int, float)) or isinstance(relevance, bool) \
+                    or not isinstance(fields.get(DOC_ID_FIELD), str):
+                raise VespaError(f"{what}: {url} answered a hit {shown(hit)}, expected {HITS_SHAPE}")
+            hits.append((fields[DOC_ID_FIELD], float(relevance), fields))
+        return hits

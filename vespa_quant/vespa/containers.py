@@ -14,7 +14,8 @@ privileged, restarts whatever container has the name, knows a single node only (
 FQDN hostnames or ``VESPA_CONFIGSERVERS``) and connects only through ``docker.from_env``. What it
 adds beyond the Docker SDK, waiting for the config server and deploying, is the project's own
 :func:`~vespa_quant.vespa.deploy.wait_until_ready` and
-:func:`~vespa_quant.vespa.deploy.deploy` here (one HTTP policy, STYLE 17).
+:func:`~vespa_quant.vespa.deploy.deploy`, both on the one HTTP client (STYLE 17); a refused port
+is waited out for the whole deadline here (``refused_grace=None``): the containers just started.
 
 Order, as in the multinode-HA sample: config-server nodes start first; the other nodes start once
 the config server answers (Compose's ``depends_on: service_healthy``); then the package is
@@ -333,13 +334,13 @@ def up(
             _start(container, url, say)
         if deploy_package:
             wait_until_ready(query_url=None, config_url=config_url, timeout=_remaining(deadline), progress=progress,
-                             hint=hint)
+                             hint=hint, refused_grace=None)
         for container in rest:
             _start(container, url, say)
         if deploy_package:
             _deploy_generated(layout, config_url, deadline, say)
             wait_until_ready(query_url=query_url, config_url=config_url, timeout=_remaining(deadline),
-                             progress=progress, hint=hint)
+                             progress=progress, hint=hint, refused_grace=None)
     finally:
         client.close()
     return UpReport(

@@ -1,191 +1,147 @@
-"""Calibrate, encode and feed a corpus into the deployed Vespa application.
+"""Calibrate, encode and feed a corpus into the deployed Vespa application, as a transaction.
 
-The I/O edge of the store stage (STYLE 4): every method x dim is calibrated on the full corpus,
-each calibration is saved beside a ``manifest.json`` recording, per (method, dim), which
-calibration each code slot holds and which slot is active (:mod:`vespa_quant.vespa.manifest`), and
-one document per corpus row, holding every method's codes and the calibration id of each slot, is
-written with pyvespa's ``Vespa.feed_iterable`` (one ``POST /document/v1/<ns>/doc/docid/<id>`` per
-document; pyvespa itself retries 429 and connection errors). A put replaces the whole document,
-so feeding again overwrites and a re-run resumes where a failed one stopped; for the same reason
-every put writes every slot the manifest lists. A fresh feed writes slot ``a`` only and makes it
-active; ``keep_calibrations=True`` instead encodes with the manifest's calibrations, every slot
-with its own, so documents fed after a recalibration agree with whichever slot queries read.
-Failures with a transient status (429, 502, 503, 504, or pyvespa's 599 for an exception) are
-sent again in up to ``max_retries`` further rounds; the rest are reported. Finally
-``select * from doc where true`` with ``hits: 0`` returns ``totalCount``, the number of
-searchable documents, which is compared with the corpus size.
+The I/O edge of the store stage (STYLE 4): every method x dim is calibrated on the full corpus
+(or, with ``keep_calibrations``, the manifest's calibrations are reused, every slot with its own),
+each calibration is saved under its content-addressed name, and one document per corpus row,
+holding every method's codes and the calibration id of each slot, is put through the one HTTP
+policy (:mod:`vespa_quant.vespa.client`, :mod:`vespa_quant.vespa.sending`). A put replaces the
+whole document, so it writes every slot the plan lists.
+
+The manifest changes only after Vespa holds and verifies what it describes
+(:mod:`vespa_quant.vespa.transaction`): plan beside the old manifest, visit what Vespa already
+holds, send only the documents it lacks or holds with other calibration ids (a re-run resumes),
+visit again, switch atomically. A failed, stalled or interrupted feed leaves the previous
+manifest as it was and reports, in :class:`FeedReport` and ``feed-status.json``, which documents
+were skipped (already held), acknowledged, verified, failed (with the error), sent without an
+answer and never sent. One feed or recalibration per ``calibration_dir`` at a time (a lock).
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
-import requests
-from tqdm.auto import tqdm
-from vespa.application import Vespa
-from vespa.io import VespaResponse
 
-from vespa_quant.errors import VespaError
 from vespa_quant.embed.embedded import EmbeddedDataset
-from vespa_quant.quantize.base import shared_sign_bits, sign_role
-from vespa_quant.vespa.naming import DOCUMENT_TYPE, NAMESPACE
-from vespa_quant.vespa.wire import (
-    SlotKey,
-    calibration_set_id,
-    dataset_document_id,
-    documents_count_body,
-    feed_documents,
-)
+from vespa_quant.errors import InterruptedRunError, VespaError
+from vespa_quant.folders import folder_lock
+from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode, shared_sign_bits, sign_role
+from vespa_quant.vespa.client import HttpPolicy, VespaClient
 from vespa_quant.vespa.manifest import (
     MANIFEST,
     load_slot_calibration,
     manifest_entry,
+    manifest_path,
     read_manifest,
     save_calibration,
-    write_manifest,
 )
-from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode
+from vespa_quant.vespa.naming import DOCUMENT_TYPE, NAMESPACE, calibration_field_name, field_name, signs_field
+from vespa_quant.vespa.sending import SendOutcome, send_operations
+from vespa_quant.vespa.transaction import (
+    STATUS,
+    Held,
+    Probe,
+    commit_pending,
+    current_revision,
+    held_documents,
+    pending_path,
+    write_pending,
+    write_status,
+)
+from vespa_quant.vespa.wire import SlotKey, calibration_set_id, documents_count_body, feed_documents
 
-__all__ = ["MANIFEST", "FeedReport", "SendOutcome", "check_listening", "count_documents", "feed",
-           "read_manifest", "send_operations"]
+__all__ = ["MANIFEST", "FeedReport", "feed", "read_manifest"]
 
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504, 599})
-START_HINT = "start Vespa with `docker compose up -d` and `vespa-quant deploy`"
+
+def _shown(ids: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 @dataclass(frozen=True)
 class FeedReport:
-    """What one ``feed`` call did; ``complete`` is the one-word verdict."""
+    """What one ``feed`` call did, document by document; ``complete`` is the one-word verdict."""
 
-    n_fed: int
-    failed_ids: list[str]
-    errors: dict[str, str]
+    endpoint: str
+    n_docs: int
+    skipped_ids: list[str]
+    """Already held by Vespa exactly as planned before this run: not sent again (resume)."""
+    sent: SendOutcome
+    verified_ids: list[str]
+    """Held by Vespa after the run with this plan's calibration ids (empty when the run stopped early)."""
+    unverified_ids: list[str]
+    """Acknowledged, yet Vespa does not hold them as sent (an answer of 200 without storing)."""
+    foreign_docs: int | None
+    """Stored documents that are not corpus documents (None: not visited after sending)."""
     count_in_vespa: int | None
     calibration_set: str
     """A label of the active calibrations (:func:`~vespa_quant.vespa.wire.calibration_set_id`), for logs."""
-    n_docs: int = 0
-    manifest: Path | None = None
+    committed: bool
+    """True when ``manifest.json`` now describes this feed; False leaves the previous manifest untouched."""
+    manifest: Path
+    pending: Path
+    status_file: Path | None = None
+    verify_error: str | None = None
+    """Why the verification after sending could not run to the end (a visit or count that failed)."""
     calibrations: dict[tuple[str, int], Calibration] = field(default_factory=dict, repr=False)
     """The calibration of each (method, dim)'s active slot: the one queries must use."""
 
     @property
     def complete(self) -> bool:
-        """Every document acknowledged and Vespa counts exactly the corpus."""
-        return not self.failed_ids and self.count_in_vespa == self.n_docs
+        return self.committed
+
+    @property
+    def n_fed(self) -> int:
+        return self.sent.n_ok
+
+    @property
+    def failed_ids(self) -> list[str]:
+        return self.sent.failed_ids
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return self.sent.errors
+
+    def summary(self) -> str:
+        """One line: how many documents are in which state, and what happened to the manifest."""
+        sent = self.sent
+        parts = [f"{len(self.verified_ids)}/{self.n_docs} documents verified in Vespa"
+                 if sent.stop_reason is None else f"{sent.n_ok} acknowledged",
+                 f"{sent.n_sent} sent", f"{len(self.skipped_ids)} already held"]
+        for label, ids in (("failed", sent.failed_ids), ("unanswered", sent.unanswered_ids),
+                           ("unsent", sent.unsent_ids), ("acknowledged but not held", self.unverified_ids)):
+            if ids:
+                parts.append(f"{len(ids)} {label} ({_shown(ids)})")
+        if self.foreign_docs:
+            parts.append(f"{self.foreign_docs} stored documents not in the corpus")
+        if self.count_in_vespa is not None:
+            parts.append(f"Vespa counts {self.count_in_vespa}")
+        if self.sent.stop_reason:
+            parts.append(f"stopped: {self.sent.stop_reason}")
+        if self.verify_error:
+            parts.append(f"verification failed: {self.verify_error}")
+        verdict = (f"{self.manifest} switched" if self.committed else
+                   f"{self.manifest.name} unchanged, plan kept in {self.pending.name}; re-run to resume")
+        return f"feed to {self.endpoint}: " + ", ".join(parts) + f"; {verdict}"
+
+    def status(self) -> dict:
+        """Every document's state, for ``feed-status.json``."""
+        return {"operation": "feed", "endpoint": self.endpoint, "n_docs": self.n_docs, "committed": self.committed,
+                "stop_reason": self.sent.stop_reason, "summary": self.summary(),
+                "skipped": self.skipped_ids, "acknowledged": self.sent.acknowledged, "verified": self.verified_ids,
+                "failed": self.sent.errors, "unanswered": self.sent.unanswered_ids, "unsent": self.sent.unsent_ids,
+                "acknowledged_not_held": self.unverified_ids}
 
 
-@dataclass(frozen=True)
-class SendOutcome:
-    """Acknowledged operations and, in corpus order, the documents whose operation failed."""
-
-    n_ok: int
-    failed_ids: list[str]
-    errors: dict[str, str]
-
-
-def check_listening(url: str, timeout: float = 5.0) -> None:
-    """Fail early, naming the URL, when no Vespa container answers ``/state/v1/health``."""
-    try:
-        response = requests.get(url + "/state/v1/health", timeout=timeout)
-    except requests.ConnectionError as exc:
-        raise VespaError(f"nothing listens on {url}: {START_HINT}") from exc
-    except requests.Timeout as exc:
-        raise VespaError(f"{url}/state/v1/health did not answer within {timeout:g} s") from exc
-    if response.status_code != 200:
-        raise VespaError(f"{url}/state/v1/health answered HTTP {response.status_code}: {START_HINT}")
-    try:
-        state = response.json()["status"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return
-    if state != "up":
-        raise VespaError(f"Vespa at {url} reports {state!r}, not 'up': wait until `vespa-quant deploy` reports ready")
-
-
-def count_documents(url: str, timeout: float = 10.0, body: dict | None = None) -> int | None:
-    """``totalCount`` of a no-hits query (default: every document of type ``doc``), None on error."""
-    body = body or documents_count_body(timeout)
-    try:
-        response = requests.post(url + "/search/", json=body, timeout=timeout + 5)
-        return int(response.json()["root"]["fields"]["totalCount"]) if response.status_code == 200 else None
-    except (requests.RequestException, ValueError, KeyError, TypeError):
-        return None
-
-
-def _message(response: VespaResponse) -> str:
-    body = response.get_json()
-    if isinstance(body, dict):
-        text = body.get("Exception") or body.get("message")
-        if text:
-            return str(text)
-        return json.dumps(body)[:500]
-    return str(body)[:500]
-
-
-def send_operations(url: str, doc_ids: Sequence[str], operations: Callable[[np.ndarray], Iterable[dict]], *,
-                    operation_type: Literal["feed", "update"], concurrency: int, max_retries: int,
-                    retry_wait: float, progress: bool, desc: str) -> SendOutcome:
-    """Send one operation per document with pyvespa's ``feed_iterable``, retrying transient failures.
-
-    ``operations(rows)`` yields the operations of ``doc_ids[rows]``. Updates go with
-    ``auto_assign=True`` (each field value becomes ``{"assign": value}``) and ``create=False`` (an
-    update never creates a document; Vespa answers 200 even when the document does not exist,
-    /document/v1 reference "HTTP status codes", which is why callers check by querying).
-    """
-    extra = {"auto_assign": True, "create": False} if operation_type == "update" else {}
-    app = Vespa(url)
-    bar = tqdm(total=len(doc_ids), desc=desc, unit="doc", disable=not progress)
-    lock = threading.Lock()
-    n_ok = 0
-    errors: dict[str, str] = {}
-    pending = np.arange(len(doc_ids))
-    for round_ in range(max_retries + 1):
-        outcome: dict[str, tuple[int, str]] = {}
-
-        def callback(response: VespaResponse, vespa_id: str) -> None:
-            nonlocal n_ok
-            with lock:
-                if response.get_status_code() == 200:
-                    n_ok += 1
-                    bar.update()
-                else:
-                    outcome[vespa_id] = (response.get_status_code(), _message(response))
-                    bar.set_postfix(failed=len(outcome))
-
-        app.feed_iterable(operations(pending), schema=DOCUMENT_TYPE, namespace=NAMESPACE, callback=callback,
-                          operation_type=operation_type, max_workers=concurrency, max_connections=concurrency,
-                          **extra)
-        retry = []
-        row_of = {doc_ids[i]: i for i in pending}
-        for vespa_id, (status, message) in outcome.items():
-            doc_id = dataset_document_id(vespa_id)
-            errors[doc_id] = f"HTTP {status}: {message}"
-            if status in RETRYABLE_STATUS:
-                retry.append(row_of[doc_id])
-        if not retry or round_ == max_retries:
-            break
-        for i in retry:
-            errors.pop(doc_ids[i])
-        pending = np.array(sorted(retry))
-        time.sleep(retry_wait * 2 ** round_)
-    bar.close()
-    failed = [doc_id for doc_id in doc_ids if doc_id in errors]
-    return SendOutcome(n_ok, failed, {doc_id: errors[doc_id] for doc_id in failed})
-
-
-def _check_request(methods: Sequence[Quantizer], dims: Sequence[int], concurrency: int, max_retries: int) -> None:
+def _check_request(methods: Sequence[Quantizer], dims: Sequence[int], concurrency: int) -> None:
     if not methods or not dims:
         raise VespaError("feed needs at least one method and one dim")
     names = [method.name for method in methods]
     if len(set(names)) != len(names) or len(set(dims)) != len(dims):
         raise VespaError(f"methods {names} or dims {dims} contain repeats")
-    if concurrency < 1 or max_retries < 0:
-        raise VespaError(f"concurrency={concurrency} must be >= 1 and max_retries={max_retries} >= 0")
+    if concurrency < 1:
+        raise VespaError(f"concurrency={concurrency} must be >= 1")
 
 
 def _dataset_record(embedded: EmbeddedDataset) -> dict:
@@ -243,59 +199,98 @@ def _kept_calibrations(embedded: EmbeddedDataset, methods: Sequence[Quantizer], 
     return {**manifest, **_dataset_record(embedded)}, by_slot
 
 
+def _probe(methods: Sequence[Quantizer], dims: Sequence[int], by_slot: dict[SlotKey, Calibration],
+           signs: bool) -> Probe:
+    """What a document of this plan holds: every slot's calibration id; one code field of each calibration-free
+    method (which has no id to compare) and the shared sign bits must be present."""
+    calibrated = {method.name for method in methods if method.needs_calibration}
+    equal = {calibration_field_name(name, dim, slot): calibration.id
+             for (name, dim, slot), calibration in by_slot.items() if name in calibrated}
+    present = [field_name(m.name, dim, min(m.fields(dim), key=lambda spec: spec.bytes).role)
+               for m in methods if not m.needs_calibration for dim in dims]
+    present += [signs_field(dim) for dim in dims] if signs else []
+    return Probe(equal, tuple(present))
+
+
 def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
          rotation: str = "none", seed: int = 0, calibration_dir: Path, keep_calibrations: bool = False,
-         concurrency: int = 8, max_retries: int = 3, retry_wait: float = 0.5,
-         progress: bool = True) -> FeedReport:
-    """Calibrate (or, with ``keep_calibrations``, reuse the manifest's calibrations), encode, feed, count.
+         concurrency: int = 8, policy: HttpPolicy | None = None, progress: bool = True) -> FeedReport:
+    """Calibrate (or reuse the manifest's calibrations), encode, send what Vespa lacks, verify, switch.
 
-    A fresh feed learns every method x dim on the corpus with ``rotation`` and ``seed``, puts
-    slot ``a`` only and makes it active (a put empties slot ``b``). ``keep_calibrations=True``
-    feeds exactly the (method, dim)s the manifest lists, each slot with the calibration the
-    manifest records for it (``rotation`` and ``seed`` are then unused), and keeps the active
-    slots: the way to add documents after a recalibration. Raises :class:`VespaError` before any
-    work when nothing answers at ``app_url``.
+    A fresh feed learns every method x dim on the corpus with ``rotation`` and ``seed`` and plans
+    slot ``a`` only, active. ``keep_calibrations=True`` feeds exactly the (method, dim)s the
+    manifest lists, each slot with its recorded calibration, keeping the active slots: the way to
+    add documents after a recalibration. Raises :class:`VespaError` before any work when nothing
+    answers at ``app_url``, and :class:`~vespa_quant.errors.InterruptedRunError` (after writing
+    ``feed-status.json``) when SIGINT/SIGTERM stopped the run. Otherwise returns the report;
+    ``report.complete`` says whether the manifest now describes this feed.
     """
-    url = app_url.rstrip("/")
-    methods, dims = list(methods), list(dims)
-    _check_request(methods, dims, concurrency, max_retries)
-    check_listening(url)
+    methods, dims, calibration_dir = list(methods), list(dims), Path(calibration_dir)
+    _check_request(methods, dims, concurrency)
+    with folder_lock(calibration_dir, "--calibration-dir"), VespaClient(app_url, policy) as client:
+        client.health()
+        base_revision = current_revision(calibration_dir)
+        if keep_calibrations:
+            manifest, by_slot = _kept_calibrations(embedded, methods, dims, calibration_dir=calibration_dir)
+        else:
+            manifest, by_slot = _fresh_calibrations(embedded, methods, dims, rotation=rotation, seed=seed,
+                                                    calibration_dir=calibration_dir)
+        doc_ids = list(embedded.dataset.doc_ids)
+        signs_needed = any(sign_role(method) is None for method in methods)
+        probe = _probe(methods, dims, by_slot, signs_needed)
+        before = held_documents(client, doc_ids, probe)
+        write_pending(calibration_dir, manifest)
+        rows = np.array([row for row, doc_id in enumerate(doc_ids) if doc_id not in before.matching], dtype=np.int64)
+        sent = send_operations(client, [doc_ids[row] for row in rows],
+                               _operations(embedded, methods, dims, by_slot, rows, signs_needed),
+                               operation_type="feed", concurrency=concurrency, progress=progress, desc="feed")
+        after: Held | None = None
+        count, verify_error = None, None
+        if sent.stop_reason is None:
+            try:
+                after = held_documents(client, doc_ids, probe)
+                count = client.count(documents_count_body(0.8 * client.policy.attempt_timeout))
+            except VespaError as exc:
+                verify_error = str(exc)
+        active = {(e["method"], e["dim"]): by_slot[(e["method"], e["dim"], e["active_slot"])]
+                  for e in manifest["calibrations"]}
+        verified = [d for d in doc_ids if after is not None and d in after.matching]
+        acknowledged = set(sent.acknowledged)
+        report = FeedReport(
+            endpoint=client.url, n_docs=len(doc_ids), skipped_ids=[d for d in doc_ids if d in before.matching],
+            sent=sent, verified_ids=verified,
+            unverified_ids=[] if after is None else [d for d in doc_ids if d in acknowledged and d not in after.matching],
+            foreign_docs=None if after is None else after.foreign, count_in_vespa=count,
+            calibration_set=calibration_set_id(active), committed=False, manifest=manifest_path(calibration_dir),
+            pending=pending_path(calibration_dir), calibrations=active, verify_error=verify_error,
+        )
+        if after is not None and len(verified) == len(doc_ids) and after.foreign == 0 and count == len(doc_ids):
+            commit_pending(calibration_dir, base_revision)
+            report = replace(report, committed=True)
+        report = replace(report, status_file=write_status(calibration_dir, STATUS, report.status()))
+    if sent.signal:
+        raise InterruptedRunError(report.summary())
+    if sent.fatal is not None:
+        raise VespaError(report.summary())  # the summary names the error that stopped the run
+    return report
 
-    if keep_calibrations:
-        manifest, by_slot = _kept_calibrations(embedded, methods, dims, calibration_dir=calibration_dir)
-    else:
-        manifest, by_slot = _fresh_calibrations(embedded, methods, dims, rotation=rotation, seed=seed,
-                                                calibration_dir=calibration_dir)
+
+def _operations(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int],
+                by_slot: dict[SlotKey, Calibration], rows: np.ndarray, signs_needed: bool) -> Iterable[dict]:
+    """The puts of ``rows``, lazily: codes are encoded per dim and hex-encoded a chunk of documents at a time."""
+    if not len(rows):
+        return iter(())
+    doc_ids = embedded.dataset.doc_ids
     codes: dict[SlotKey, dict[str, np.ndarray]] = {}
+    signs: dict[int, np.ndarray] = {}
     for dim in dims:
-        docs, _ = embedded.at_dim(dim)
-        for method in methods:
-            for key in [key for key in by_slot if key[:2] == (method.name, dim)]:
-                codes[key] = encode(method, docs, by_slot[key])
-    manifest_file = write_manifest(calibration_dir, manifest)
-    active = {
-        (entry["method"], entry["dim"]): by_slot[(entry["method"], entry["dim"], entry["active_slot"])]
-        for entry in manifest["calibrations"]
-    }
-
-    doc_ids = list(embedded.dataset.doc_ids)
-    by_name = {method.name: method for method in methods}
+        docs = embedded.at_dim(dim)[0][rows]
+        if signs_needed:
+            signs[dim] = shared_sign_bits(docs)
+        for key, calibration in by_slot.items():
+            if key[1] == dim:
+                method = next(m for m in methods if m.name == key[0])
+                codes[key] = encode(method, docs, calibration)
     calibration_ids = {key: calibration.id for key, calibration in by_slot.items()}
-    signs = ({dim: shared_sign_bits(embedded.at_dim(dim)[0]) for dim in dims}
-             if any(sign_role(method) is None for method in methods) else {})
-
-    def operations(rows: np.ndarray) -> Iterable[dict]:
-        whole = len(rows) == len(doc_ids)
-        subset = codes if whole else {
-            key: {role: array[rows] for role, array in by_role.items()} for key, by_role in codes.items()
-        }
-        return feed_documents([doc_ids[i] for i in rows], subset, by_name, calibration_ids,
-                              signs if whole else {dim: bits[rows] for dim, bits in signs.items()})
-
-    sent = send_operations(url, doc_ids, operations, operation_type="feed", concurrency=concurrency,
-                           max_retries=max_retries, retry_wait=retry_wait, progress=progress, desc="feed")
-    return FeedReport(
-        n_fed=sent.n_ok, failed_ids=sent.failed_ids, errors=sent.errors, count_in_vespa=count_documents(url),
-        calibration_set=calibration_set_id(active), n_docs=len(doc_ids), manifest=manifest_file,
-        calibrations=active,
-    )
+    return feed_documents([doc_ids[row] for row in rows], codes, {m.name: m for m in methods}, calibration_ids,
+                          signs)

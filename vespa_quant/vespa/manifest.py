@@ -25,6 +25,7 @@ import json
 import uuid
 from pathlib import Path
 
+from vespa_quant.data.beir import BeirDataset
 from vespa_quant.errors import CalibrationError, VespaError
 from vespa_quant.files import atomic_write_text
 from vespa_quant.quantize.base import Calibration
@@ -52,7 +53,7 @@ def manifest_path(calibration_dir: Path) -> Path:
 
 def write_manifest(calibration_dir: Path, manifest: dict) -> Path:
     """Replace ``manifest.json`` atomically under a new ``revision``, after checking its structure."""
-    _check(manifest, manifest_path(calibration_dir))
+    validate_manifest(manifest, manifest_path(calibration_dir))
     revised = {"revision": uuid.uuid4().hex, **{k: v for k, v in manifest.items() if k != "revision"}}
     return atomic_write_text(manifest_path(calibration_dir), json.dumps(revised, indent=2) + "\n")
 
@@ -66,11 +67,12 @@ def read_manifest(calibration_dir: Path) -> dict:
         raise VespaError(f"{path}: no manifest; run `vespa-quant feed` first") from None
     except (OSError, ValueError) as exc:
         raise VespaError(f"{path}: unreadable manifest ({exc})") from exc
-    _check(manifest, path)
+    validate_manifest(manifest, path)
     return manifest
 
 
-def _check(manifest: object, path: Path) -> None:
+def validate_manifest(manifest: object, path: Path) -> None:
+    """Check what queries rely on; one-line :class:`VespaError` naming ``path`` and the entry otherwise."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("calibrations"), list):
         raise VespaError(f"{path}: expected an object with a 'calibrations' list; {FEED_HINT}")
     for position, entry in enumerate(manifest["calibrations"]):
@@ -133,3 +135,23 @@ def active_calibration(calibration_dir: Path, method: str, dim: int) -> Calibrat
     """The calibration queries of ``method`` at ``dim`` must use now: the active slot's."""
     entry = manifest_entry(read_manifest(calibration_dir), method, dim, calibration_dir)
     return load_slot_calibration(calibration_dir, entry, entry["active_slot"])
+
+
+def check_manifest_dataset(calibration_dir: Path, dataset: BeirDataset, model: str | None = None) -> dict:
+    """The manifest, after checking it describes ``dataset`` (name, fingerprint, document count) and ``model``.
+
+    Evaluating on Vespa with another dataset's manifest would score this dataset's queries against
+    documents fed from another corpus; the per-hit id check catches unknown ids only by chance.
+    """
+    manifest = read_manifest(calibration_dir)
+    expected = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "n_docs": len(dataset.doc_ids)}
+    if model is not None:
+        expected["model"] = model
+    for key, value in expected.items():
+        if manifest.get(key) != value:
+            raise VespaError(
+                f"{manifest_path(calibration_dir)} describes documents fed with {key} {manifest.get(key)!r}, "
+                f"the loaded dataset has {value!r}: Vespa holds another feed; {FEED_HINT} with this dataset "
+                f"and model (or pass the --calibration-dir of that feed)"
+            )
+    return manifest
