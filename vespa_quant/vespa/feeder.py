@@ -53,7 +53,7 @@ from vespa_quant.vespa.manifest import (
 from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode
 
 __all__ = ["MANIFEST", "FeedReport", "SendOutcome", "check_listening", "count_documents", "feed",
-           "read_manifest", "send_operations"]
+           "put_rows", "read_manifest", "send_operations"]
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504, 599})
 START_HINT = "start Vespa with `docker compose up -d` and `vespa-quant deploy`"
@@ -299,3 +299,35 @@ def feed(app_url: str, embedded: EmbeddedDataset, methods: Sequence[Quantizer], 
         calibration_set=calibration_set_id(active), n_docs=len(doc_ids), manifest=manifest_file,
         calibrations=active,
     )
+
+
+def put_rows(app_url: str, embedded: EmbeddedDataset, rows: Sequence[int] | np.ndarray, methods: Sequence[Quantizer],
+             dims: Sequence[int], *, calibration_dir: Path, concurrency: int = 8, max_retries: int = 3,
+             retry_wait: float = 0.5, progress: bool = True) -> SendOutcome:
+    """Put only the corpus rows ``rows``, every slot the manifest lists encoded with its calibration.
+
+    For documents that arrive a batch at a time into an index that already holds others
+    (streaming drift, :mod:`vespa_quant.vespa.stream`): ``feed(..., keep_calibrations=True)``
+    restricted to ``rows``, except that the manifest is neither rewritten nor its count checked,
+    since the index holds more than this batch. The caller counts.
+    """
+    url = app_url.rstrip("/")
+    methods, dims = list(methods), list(dims)
+    _check_request(methods, dims, concurrency, max_retries)
+    _, by_slot = _kept_calibrations(embedded, methods, dims, calibration_dir=calibration_dir)
+    rows = np.asarray(rows, dtype=np.int64)
+    doc_ids = [embedded.dataset.doc_ids[i] for i in rows]
+    vectors = {dim: embedded.at_dim(dim)[0][rows] for dim in dims}
+    by_name = {method.name: method for method in methods}
+    codes = {key: encode(by_name[key[0]], vectors[key[1]], calibration) for key, calibration in by_slot.items()}
+    calibration_ids = {key: calibration.id for key, calibration in by_slot.items()}
+    signs = ({dim: shared_sign_bits(vectors[dim]) for dim in dims}
+             if any(sign_role(method) is None for method in methods) else {})
+
+    def operations(pending: np.ndarray) -> Iterable[dict]:
+        subset = {key: {role: array[pending] for role, array in by_role.items()} for key, by_role in codes.items()}
+        return feed_documents([doc_ids[i] for i in pending], subset, by_name, calibration_ids,
+                              {dim: bits[pending] for dim, bits in signs.items()})
+
+    return send_operations(url, doc_ids, operations, operation_type="feed", concurrency=concurrency,
+                           max_retries=max_retries, retry_wait=retry_wait, progress=progress, desc="put")
