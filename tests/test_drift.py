@@ -20,7 +20,7 @@ from vespa_quant.drift import (
     RecalibrationPolicy, drift_metrics, format_drift_table, run_drift, simulate_policy, write_drift,
 )
 from vespa_quant.drift.metrics import OCCUPANCY_EDGE, OCCUPANCY_JS, jensen_shannon
-from vespa_quant.drift.runner import crossed_bootstrap
+from vespa_quant.drift.stats import crossed_bootstrap
 from vespa_quant.errors import CalibrationError, VespaQuantError
 from vespa_quant.evaluate.metrics import paired_bootstrap
 from vespa_quant.embed.embedded import EmbeddedDataset

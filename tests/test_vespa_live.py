@@ -1,5 +1,7 @@
-"""Live Vespa: deploy the generated package, feed SciFact, match the local engine's NDCG@10, and
-recalibrate one method through its inactive slot while queries keep answering from the active one.
+"""Live Vespa: deploy the generated package, feed SciFact, match the local engine's NDCG@10,
+recalibrate one method through its inactive slot while queries keep answering from the active one,
+and run streaming drift on Vespa (documents put in stream order, the policy switching real slots)
+with the in-process run's rows.
 
 Needs a running Vespa (``docker compose up -d && pytest -m vespa``). The query endpoint is
 ``VESPA_QUANT_ENDPOINT`` (default http://localhost:8080) and the config server
@@ -133,3 +135,44 @@ def test_vespa_recalibration_switches_slots_without_disagreement(scifact: Path, 
     local = LocalBackend().search(method, new, new_codes, queries, 10)
     gap = abs(score_hits(embedded, after.hits)[NDCG].mean() - score_hits(embedded, local.hits)[NDCG].mean())
     assert gap <= TOLERANCE, f"after the switch |NDCG@10(vespa) - NDCG@10(local)| = {gap:.4f}"
+
+
+def test_vespa_drift_gives_the_in_process_rows(scifact: Path, tmp_path: Path) -> None:
+    """Stream SciFact into an emptied Vespa in stream order, query every checkpoint there and let the
+    policy recalibrate for real: the same decisions and calibrations as in process, NDCG@10 within
+    the tolerance exact ties allow, and the manifest ends on the policy's last calibration."""
+    from vespa.application import Vespa
+
+    from vespa_quant.drift import run_drift
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.quantize.registry import METHODS
+    from vespa_quant.vespa.manifest import read_manifest
+    from vespa_quant.vespa.naming import DOCUMENT_TYPE, NAMESPACE
+    from vespa_quant.vespa.services import CONTENT_CLUSTER
+    from vespa_quant.vespa.stream import VespaStreamIndex
+
+    _deploy_every_method(tmp_path)
+    Vespa(ENDPOINT).delete_all_docs(CONTENT_CLUSTER, DOCUMENT_TYPE, NAMESPACE)  # the stream starts empty
+    embedded = load_embedded(scifact, "all-MiniLM-L6-v2", show_progress=False)
+    methods = [METHODS[name] for name in ("lloyd_max_gauss", "quaternary_asym", "int8_asym", "float32")]
+    settings = {"fractions": [0.01, 0.1], "order": "random", "seed": 0, "steps": 4, "n_resamples": 200, "dim": 384}
+    calibration_dir = tmp_path / "calibrations"
+    on_vespa = run_drift(embedded, methods, index=VespaStreamIndex(ENDPOINT, calibration_dir), **settings)
+    local = run_drift(embedded, methods, **settings)
+
+    decision = ("method", "n_seen", "fired", "reasons", "recalibrations", "calibration_id")
+    assert [tuple(r[k] for k in decision) for r in on_vespa.policy_step_rows] == \
+        [tuple(r[k] for k in decision) for r in local.policy_step_rows]
+    assert [r["calibration_id"] for r in on_vespa.fraction_rows] == [r["calibration_id"] for r in local.fraction_rows]
+    too_far = {}
+    for kind in ("fraction_rows", "step_rows", "policy_rows", "policy_step_rows"):
+        for ours, theirs in zip(getattr(on_vespa, kind), getattr(local, kind), strict=True):
+            for key in (k for k in theirs if k.endswith("ndcg_at_10")):
+                if abs(ours[key] - theirs[key]) > TOLERANCE:
+                    too_far[(kind, ours["method"], ours.get("n_seen"), key)] = round(ours[key] - theirs[key], 4)
+    assert not too_far, f"|NDCG@10(vespa) - NDCG@10(local)| > {TOLERANCE}: {too_far}"
+    entries = {entry["method"]: entry for entry in read_manifest(calibration_dir)["calibrations"]}
+    for row in on_vespa.policy_rows:
+        last = [r for r in on_vespa.policy_step_rows if r["method"] == row["method"]][-1]
+        entry = entries[row["method"]]
+        assert entry["slots"][entry["active_slot"]]["id"] == last["calibration_id"], row["method"]

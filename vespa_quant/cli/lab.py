@@ -28,6 +28,7 @@ from vespa_quant.cli.common import (
     StreamOrder,
     TimeoutOption,
     check_dims_syntax,
+    check_output_dir,
     cli_errors,
     echo_written,
     load_inputs,
@@ -137,30 +138,61 @@ def drift_command(
     rotation: RotationOption = "none",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Streaming checkpoints: drift is measured every 1/steps of the corpus.")] = 10,
     repeats: Annotated[Optional[int], typer.Option(
-        "--repeats", min=1, help="Calibration draws per fraction (default 5 for --order random, 1 for given).")] = None,
+        "--repeats", min=1, help="Calibration draws per fraction (default 5 for --order random, 1 for given; 1 with "
+                                 "--backend vespa, where every draw is one more rewrite of the whole corpus's inactive slot).")] = None,
+    backend: Annotated[Backend, typer.Option(
+        "--backend", help="Where the stream goes and every NDCG@10 comes from. local: the in-process engine. vespa: the "
+                          "documents are put into an EMPTY Vespa in stream order (fresh `vespa-quant up`; the package needs "
+                          "the --dim fields), each checkpoint is queried there, and the policy recalibrates for real: "
+                          "the fresh calibration is written into the inactive slot, verified, and switched to when the "
+                          "policy fires. Both give the same rows.")] = "local",
+    endpoint: EndpointOption = "http://localhost:8080",
+    calibration_dir: Annotated[Optional[Path], typer.Option(
+        "--calibration-dir", help="With --backend vespa (required): where the run's manifest.json and every calibration "
+                                  "it writes go; it then describes what the Vespa holds, so `evaluate --backend vespa` "
+                                  "can query the final state.")] = None,
+    k1: K1Option = None,
     resamples: ResamplesOption = 1000,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Results folder (drift.json/csv, drift_steps.csv, policy.csv, drift.png, table.txt), "
-                               "replaced as a whole when the run succeeds.")] = Path("out/drift"),
+        "--output", "-o", help="Results folder (drift.json/csv, drift_steps.csv, policy.csv, policy_steps.csv, drift.png, "
+                               "table.txt), replaced as a whole when the run succeeds.")] = Path("out/drift"),
     data_root: DataRootOption = None,
     cache_dir: CacheDirOption = None,
     doc_embeddings: DocEmbeddingsOption = None,
     query_embeddings: QueryEmbeddingsOption = None,
 ) -> None:
-    """Streaming drift: how calibrations frozen on early documents degrade, and when to recalibrate."""
-    from vespa_quant.drift.runner import check_fractions, format_drift_table, run_drift, write_drift
+    """Streaming drift: how calibrations frozen on early documents degrade, and when to recalibrate.
+
+    Checkpoint rows (drift_steps.csv, policy_steps.csv) score the documents that have arrived, as a user of the live
+    index sees them; fraction and policy rows score the whole corpus once the stream is complete.
+    """
+    from vespa_quant.drift.experiment import check_fractions, run_drift
+    from vespa_quant.drift.runner import format_drift_table, write_drift
+    from vespa_quant.drift.stream import LocalStreamIndex, StreamIndex
     from vespa_quant.quantize.registry import parse_methods
 
     chosen = parse_methods(methods)
     fractions = check_fractions(parse_floats(calibration_fraction, "--calibration-fraction"))
     check_results_dir(output)
+    index: StreamIndex = LocalStreamIndex()
+    if backend == "vespa":
+        from vespa_quant.vespa.stream import VespaStreamIndex
+
+        if calibration_dir is None:
+            raise VespaQuantError("--backend vespa needs --calibration-dir: the folder for the run's manifest.json "
+                                  "and calibrations")
+        check_output_dir(calibration_dir, "--calibration-dir")
+        vespa_index = VespaStreamIndex(endpoint, calibration_dir)
+        vespa_index.check()  # health and an empty index, before any compute
+        index = vespa_index
     with folder_lock(output):
         embedded = load_inputs(dataset, model, data_root=data_root, cache_dir=cache_dir,
                                doc_embeddings=doc_embeddings, query_embeddings=query_embeddings)
         other = load_inputs(calibrate_on, model, data_root=data_root, cache_dir=cache_dir) if calibrate_on else None
+        default_repeats = 5 if order == "random" and backend == "local" else 1
         report = run_drift(embedded, chosen, fractions, order=order, seed=seed, calibrate_on=other, steps=steps,
-                           n_resamples=resamples, rotation=rotation, dim=dim,
-                           repeats=repeats or (5 if order == "random" else 1), show_progress=True)
+                           n_resamples=resamples, rotation=rotation, dim=dim, repeats=repeats or default_repeats,
+                           index=index, k1=k1, show_progress=True)
         written = write_drift(report, output)
     typer.echo(format_drift_table(report))
     echo_written(written)

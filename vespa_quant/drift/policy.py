@@ -127,6 +127,47 @@ class PolicyRun:
         return self.steps[-1].reencoded_docs if self.steps else 0
 
 
+class PolicyTracker:
+    """The policy's state along one stream, advanced one checkpoint at a time.
+
+    :func:`simulate_policy` runs it over a whole stream at once; the drift runner advances it at
+    each checkpoint of a live index, which then does what the step says (switch to the fresh
+    calibration's slot when it fired), so both follow one rule.
+    """
+
+    def __init__(self, method: Quantizer, policy: RecalibrationPolicy, initial: Calibration,
+                 initial_docs: np.ndarray) -> None:
+        self.method, self.policy, self.initial, self.current = method, policy, initial, initial
+        self.baseline = drift_metrics(method, initial, initial_docs) if method.needs_calibration else None
+        self.recalibrations = self.reencoded = 0
+        self.steps: list[PolicyStep] = []
+
+    def check(self, seen: np.ndarray, fresh: Calibration) -> PolicyStep:
+        """Drift of the ``len(seen)`` documents seen against the calibration in force, and the decision.
+
+        ``fresh`` is the method's calibration on exactly ``seen``; when the rule fires it becomes
+        the calibration in force, and the occupancy baseline becomes its own documents' divergence.
+        """
+        n = len(seen)
+        if not self.method.needs_calibration:
+            step = PolicyStep(n, drift_metrics(self.method, self.current, seen), (), self.current, 0, 0)
+            self.steps.append(step)
+            return step
+        metrics = drift_metrics(self.method, self.current, seen, recalibration=fresh)
+        reasons = self.policy.reasons(metrics, self.baseline)
+        if reasons:
+            self.current = fresh
+            self.baseline = drift_metrics(self.method, fresh, seen, recalibration=fresh)
+            self.recalibrations += 1
+            self.reencoded += n
+        step = PolicyStep(n, metrics, reasons, self.current, self.recalibrations, self.reencoded)
+        self.steps.append(step)
+        return step
+
+    def run(self) -> PolicyRun:
+        return PolicyRun(self.method.name, self.initial, tuple(self.steps))
+
+
 def simulate_policy(method: Quantizer, policy: RecalibrationPolicy, initial: Calibration,
                     initial_docs: np.ndarray, stream: np.ndarray, checkpoints: Sequence[int], *,
                     recalibrate: Callable[[int], Calibration] | None = None) -> PolicyRun:
@@ -150,22 +191,7 @@ def simulate_policy(method: Quantizer, policy: RecalibrationPolicy, initial: Cal
         def recalibrate(n: int) -> Calibration:
             return calibrate(method, stream[:n], initial.rotation, initial.seed)
 
-    if not method.needs_calibration:
-        return PolicyRun(method.name, initial, tuple(
-            PolicyStep(n, drift_metrics(method, initial, stream[:n]), (), initial, 0, 0) for n in checkpoints
-        ))
-    current = initial
-    baseline = drift_metrics(method, initial, initial_docs)
-    recalibrations = reencoded = 0
-    steps: list[PolicyStep] = []
+    tracker = PolicyTracker(method, policy, initial, initial_docs)
     for n in checkpoints:
-        fresh = recalibrate(n)
-        metrics = drift_metrics(method, current, stream[:n], recalibration=fresh)
-        reasons = policy.reasons(metrics, baseline)
-        if reasons:
-            current = fresh
-            baseline = drift_metrics(method, fresh, stream[:n], recalibration=fresh)
-            recalibrations += 1
-            reencoded += n
-        steps.append(PolicyStep(n, metrics, reasons, current, recalibrations, reencoded))
-    return PolicyRun(method.name, initial, tuple(steps))
+        tracker.check(stream[:n], recalibrate(n) if method.needs_calibration else initial)
+    return tracker.run()

@@ -1,44 +1,15 @@
-"""Streaming drift of calibrated quantizers: frozen calibrations, drift metrics, a recalibration policy.
+"""A drift run's report: its rows, the printed table and the files written.
 
-This is the library behind ``vespa-quant drift``. Documents arrive in a stream order (a seeded
-random permutation, or the corpus file order); a method is calibrated on the first fraction of the
-stream (or on another corpus: the cross-domain mode) and that calibration is frozen. Three
-questions are answered, each with NDCG@10 on the whole corpus and paired bootstrap CIs over
-queries (brief Q6):
-
-1. *What does a small or foreign calibration cost?* For each fraction, every document (the early
-   ones too) is encoded with the frozen calibration, and NDCG@10 is compared with the same method
-   calibrated on the full corpus and with float32.
-2. *Can the cost be seen coming without judgements?* At every checkpoint (each ``1/steps`` of the
-   stream) the drift metrics of the documents seen so far against the frozen calibration, next to
-   the NDCG@10 gap between a fresh calibration on those documents and the frozen one.
-3. *Does a judgement-free rule recover the cost cheaply?* :func:`simulate_policy` on the same
-   stream, scored by NDCG recovered per recalibration.
-
-Quantizers that need no calibration have no drift by construction and are reported as such.
+The rows are measured by :func:`vespa_quant.drift.experiment.run_drift` (what each NDCG@10 is
+over is defined there); this module only holds them and renders them, so a run on the in-process
+index and one on Vespa are written by the same code into the same columns.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
-
-import numpy as np
-from tqdm.auto import tqdm
-
-from vespa_quant.drift.metrics import drift_metrics, zero_drift
-from vespa_quant.drift.policy import RecalibrationPolicy, simulate_policy
-from vespa_quant.errors import CalibrationError, VespaQuantError
-from vespa_quant.evaluate.metrics import PairedResult, bootstrap_ci, paired_bootstrap, paired_result
-from vespa_quant.embed.embedded import EmbeddedDataset
-from vespa_quant.evaluate.runner import NDCG, LocalBackend, score_hits
-from vespa_quant.quantize.base import Calibration, Quantizer, calibrate, encode
-from vespa_quant.quantize.registry import get_method
-
-StreamOrder = Literal["random", "given"]
 
 DRIFT_JSON, DRIFT_CSV, DRIFT_STEPS_CSV = "drift.json", "drift.csv", "drift_steps.csv"
 POLICY_CSV, POLICY_STEPS_CSV, DRIFT_PNG = "policy.csv", "policy_steps.csv", "drift.png"
@@ -51,10 +22,12 @@ METRIC_FIELDS = ("centre_shift_sigma", "centre_shift_sigma_max", "scale_ratio",
 class DriftReport:
     """Everything one drift run measured, as plain rows ready for JSON/CSV.
 
-    ``fraction_rows``: one per (method, calibration fraction). ``step_rows``: one per (method,
-    checkpoint), drift against the calibration frozen at ``settings["initial_fraction"]``.
-    ``policy_rows``: one per method, the policy's outcome. ``policy_step_rows``: one per (method,
-    checkpoint), drift against the calibration in force under the policy, and its decision.
+    ``fraction_rows``: one per (method, calibration fraction), NDCG@10 on the whole corpus.
+    ``step_rows``: one per (method, checkpoint), drift against the calibration frozen at
+    ``settings["initial_fraction"]``, NDCG@10 over the documents present. ``policy_rows``: one per
+    method, the policy's outcome on the whole corpus. ``policy_step_rows``: one per (method,
+    checkpoint), drift against the calibration in force under the policy, its decision, and the
+    NDCG@10 over the documents present with the calibration in force after it.
     """
 
     settings: dict
@@ -68,281 +41,6 @@ class DriftReport:
         smallest = min(self.settings["fractions"])
         return [row for row in self.fraction_rows
                 if row["calibration_fraction"] == smallest and row["significant"] and row["delta_vs_full"] < 0]
-
-
-def stream_order(n_docs: int, order: StreamOrder, seed: int) -> np.ndarray:
-    """Arrival order of the documents: a seeded permutation, or the corpus file order."""
-    if order == "random":
-        return np.random.default_rng(seed).permutation(n_docs)
-    if order == "given":
-        return np.arange(n_docs)
-    raise VespaQuantError(f"stream order {order!r}: expected 'random' or 'given'")
-
-
-def prefix_size(fraction: float, n_docs: int) -> int:
-    """Documents in the first ``fraction`` of a stream of ``n_docs`` (at least one)."""
-    return max(1, min(n_docs, math.ceil(round(fraction * n_docs, 9))))
-
-
-def check_fractions(fractions: Sequence[float]) -> list[float]:
-    """Distinct calibration fractions in (0, 1], sorted: checked by the CLI before anything is embedded."""
-    cleaned = sorted({float(f) for f in fractions})
-    if not cleaned or any(not 0.0 < f <= 1.0 for f in cleaned):
-        raise VespaQuantError(f"calibration fractions {list(fractions)}: expected values in (0, 1]")
-    return cleaned
-
-
-class _Scorer:
-    """Per-query NDCG@10 of a calibration on the whole corpus, memoised by calibration id."""
-
-    def __init__(self, embedded: EmbeddedDataset, docs: np.ndarray, queries: np.ndarray) -> None:
-        self.embedded, self.docs, self.queries = embedded, docs, queries
-        self.backend = LocalBackend()
-        self.cache: dict[tuple[str, str], np.ndarray] = {}
-
-    def __call__(self, method: Quantizer, calibration: Calibration) -> np.ndarray:
-        key = (method.name, calibration.id)
-        if key not in self.cache:
-            codes = encode(method, self.docs, calibration)
-            hits = self.backend.search(method, calibration, codes, self.queries, 100).hits
-            self.cache[key] = score_hits(self.embedded, hits)[NDCG]
-        return self.cache[key]
-
-
-def _paired(prefix: str, a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
-    result = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed)
-    return {prefix: result.delta_mean, f"{prefix}_ci": [result.ci_low, result.ci_high],
-            f"{prefix}_p": result.p_value}
-
-
-def crossed_bootstrap(deltas: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                      confidence: float = 0.95) -> PairedResult:
-    """Bootstrap of the mean of a (draws, queries) array of paired deltas, resampling both axes.
-
-    Two independent sources of luck enter a frozen calibration's NDCG: which documents it was
-    learned on (rows) and which queries judge it (columns). Resampling rows and columns
-    independently with replacement (the crossed-design bootstrap) puts both in the interval;
-    with one row it is :func:`~vespa_quant.evaluate.metrics.paired_bootstrap`'s query
-    resampling. The p-value follows ``paired_bootstrap``'s convention.
-    """
-    deltas = np.atleast_2d(np.asarray(deltas, dtype=np.float64))
-    if deltas.shape[0] == 1:
-        return paired_bootstrap(deltas[0], np.zeros(deltas.shape[1]), n_resamples=n_resamples,
-                                seed=seed, confidence=confidence)
-    n_draws, n_queries = deltas.shape
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, n_draws, size=(n_resamples, n_draws))
-    columns = rng.integers(0, n_queries, size=(n_resamples, n_queries))
-    column_means = deltas[:, columns].mean(axis=2).T  # (resamples, draws)
-    resampled = np.take_along_axis(column_means, rows, axis=1).mean(axis=1)
-    delta_mean = float(deltas.mean())
-    return paired_result(delta_mean, resampled, confidence)
-
-
-def _versus(prefix: str, per_draw: np.ndarray, reference: np.ndarray, n_resamples: int, seed: int) -> dict:
-    if per_draw.shape[0] == 1:
-        return _paired(prefix, per_draw[0], reference, n_resamples, seed)
-    result = crossed_bootstrap(per_draw - reference[None, :], n_resamples, seed)
-    return {prefix: result.delta_mean, f"{prefix}_ci": [result.ci_low, result.ci_high],
-            f"{prefix}_p": result.p_value}
-
-
-def _metric_cells(metrics) -> dict:
-    return {name: getattr(metrics, name) for name in METRIC_FIELDS}
-
-
-@dataclass
-class _Setup:
-    """What every method of one run shares: streams, checkpoints, the scorer and the float32 baseline."""
-
-    stream: np.ndarray
-    sources: list[np.ndarray]
-    source_name: str
-    cross_domain: bool
-    checkpoints: list[int]
-    initial_fraction: float
-    n_initial: int
-    rotation: str
-    seed: int
-    n_resamples: int
-    scorer: _Scorer
-    float32_ndcg: np.ndarray
-    base: dict
-
-    @property
-    def policy_checkpoints(self) -> list[int]:
-        """In domain, recalibrating on a subset of the calibration documents is pointless."""
-        return self.checkpoints if self.cross_domain else [n for n in self.checkpoints if n > self.n_initial]
-
-
-def run_drift(embedded: EmbeddedDataset, methods: Sequence[Quantizer], fractions: Sequence[float],
-              order: StreamOrder = "random", seed: int = 0,
-              calibrate_on: EmbeddedDataset | None = None, steps: int = 10,
-              n_resamples: int = 1000, *, rotation: str = "none", dim: int | None = None,
-              initial_fraction: float | None = None, policy: RecalibrationPolicy | None = None,
-              repeats: int = 1, show_progress: bool = False) -> DriftReport:
-    """Frozen-calibration NDCG, streaming drift and the recalibration policy for ``methods``.
-
-    ``fractions`` are prefixes of the calibration stream: of ``embedded``'s stream, or in
-    cross-domain mode of ``calibrate_on``'s (same model and dim required; its stream uses the same
-    ``order`` and ``seed``). The "full" reference is always ``embedded`` calibrated on all its own
-    documents. Streaming checkpoints are at ``1/steps, 2/steps, ..., 1`` of ``embedded``'s stream;
-    drift there is measured against the calibration frozen at ``initial_fraction`` of the
-    calibration stream (default: the smallest fraction in domain, the whole other corpus in
-    cross-domain mode), which is also where the policy starts. The policy only considers
-    checkpoints with more documents than it was calibrated on, in domain. ``rotation`` and
-    ``seed`` are the calibration's, ``seed`` also seeds the stream and the bootstrap.
-
-    ``repeats`` > 1 (random order only) draws the frozen calibrations of the fraction table from
-    ``repeats`` streams (seeds ``seed, seed + 1, ...``) and averages their per-query NDCG, so the
-    verdict does not hang on one lucky or unlucky calibration sample: on SciFact/MiniLM single
-    calibrations from the same fraction differ by up to ~0.02 NDCG@10. Its intervals then
-    resample calibration draws and queries together (:func:`crossed_bootstrap`). Streaming
-    checkpoints and the policy use the first stream.
-    """
-    started = time.perf_counter()
-    fractions = check_fractions(fractions)
-    if steps < 1:
-        raise VespaQuantError(f"steps is {steps}, expected at least 1")
-    if repeats < 1 or (repeats > 1 and order != "random"):
-        raise VespaQuantError(f"repeats is {repeats}: expected 1, or more with order='random' "
-                              "(every repeat of the given order is the same stream)")
-    if not methods:
-        raise VespaQuantError("no methods to run")
-    policy = policy or RecalibrationPolicy()
-    dim = dim or embedded.native_dim
-    docs, queries = embedded.at_dim(dim)
-    stream = docs[stream_order(len(docs), order, seed)]
-    if calibrate_on is not None:
-        if calibrate_on.model != embedded.model or calibrate_on.native_dim != embedded.native_dim:
-            raise CalibrationError(
-                f"cannot calibrate on {calibrate_on.dataset.name} ({calibrate_on.model}, "
-                f"{calibrate_on.native_dim} dims) to serve {embedded.dataset.name} ({embedded.model}, "
-                f"{embedded.native_dim} dims): model and dim must match"
-            )
-        other = calibrate_on.at_dim(dim)[0]
-        sources = [other[stream_order(len(other), order, seed + r)] for r in range(repeats)]
-        initial_fraction = 1.0 if initial_fraction is None else initial_fraction
-    else:
-        sources = [stream, *(docs[stream_order(len(docs), order, seed + r)] for r in range(1, repeats))]
-        initial_fraction = fractions[0] if initial_fraction is None else initial_fraction
-    check_fractions([initial_fraction])
-    source_name = (calibrate_on or embedded).dataset.name
-
-    report = DriftReport(settings={
-        "dataset": embedded.dataset.name, "model": embedded.model, "dim": dim, "order": order,
-        "seed": seed, "rotation": rotation, "calibrate_on": source_name if calibrate_on else None,
-        "fractions": fractions, "steps": steps, "initial_fraction": initial_fraction,
-        "n_docs": len(docs), "n_queries": len(embedded.dataset.qrels),
-        "n_calibration_source_docs": len(sources[0]), "n_resamples": n_resamples, "repeats": repeats,
-        "policy": policy.as_dict(),
-    })
-    scorer = _Scorer(embedded, docs, queries)
-    float32 = get_method("float32")
-    setup = _Setup(
-        stream=stream, sources=sources, source_name=source_name, cross_domain=calibrate_on is not None,
-        checkpoints=sorted({prefix_size(t / steps, len(stream)) for t in range(1, steps + 1)}),
-        initial_fraction=initial_fraction, n_initial=prefix_size(initial_fraction, len(sources[0])),
-        rotation=rotation, seed=seed, n_resamples=n_resamples, scorer=scorer,
-        float32_ndcg=scorer(float32, calibrate(float32, docs, rotation, seed)),
-        base={"dataset": embedded.dataset.name, "model": embedded.model, "dim": dim, "order": order,
-              "rotation": rotation},
-    )
-    progress = tqdm(methods, desc="drift", unit="method", disable=not show_progress)
-    for method in progress:
-        progress.set_postfix_str(method.name)
-        _run_method(setup, method, fractions, policy, report)
-    progress.close()
-    report.settings["seconds"] = round(time.perf_counter() - started, 2)
-    return report
-
-
-def _run_method(setup: _Setup, method: Quantizer, fractions: list[float], policy: RecalibrationPolicy,
-                report: DriftReport) -> None:
-    """Append ``method``'s fraction, checkpoint and policy rows to ``report``."""
-    free = not method.needs_calibration
-    fresh: dict[int, Calibration] = {}
-
-    def fresh_on(n: int) -> Calibration:
-        """The calibration on the first ``n`` stream documents, shared by checkpoints and policy."""
-        if n not in fresh:
-            fresh[n] = calibrate(method, setup.stream[:n], setup.rotation, setup.seed)
-        return fresh[n]
-
-    scorer, n_resamples, seed = setup.scorer, setup.n_resamples, setup.seed
-    rows = {**setup.base, "method": method.name, "calibration_free": free}
-    full = fresh_on(len(setup.stream))
-    full_ndcg = scorer(method, full)
-    full_cells = {"full_ndcg_at_10": float(full_ndcg.mean()),
-                  "full_ndcg_at_10_ci": list(bootstrap_ci(full_ndcg, n_resamples, seed))}
-
-    frozen_first_draw: dict[float, Calibration] = {}
-    for fraction in fractions:
-        n_cal = prefix_size(fraction, len(setup.sources[0]))
-        frozen = [full] if free else [calibrate(method, drawn[:n_cal], setup.rotation, seed)
-                                      for drawn in setup.sources]
-        frozen_first_draw[fraction] = frozen[0]
-        per_draw = np.stack([scorer(method, calibration) for calibration in frozen])
-        ndcg = per_draw.mean(axis=0)
-        versus_full = _versus("delta_vs_full", per_draw, full_ndcg, n_resamples, seed)
-        low, high = versus_full["delta_vs_full_ci"]
-        report.fraction_rows.append({
-            **rows, "calibration_dataset": setup.source_name, "calibration_fraction": fraction,
-            "n_calibration_docs": n_cal, "repeats": len(frozen),
-            "ndcg_at_10": float(ndcg.mean()),
-            "ndcg_at_10_ci": list(bootstrap_ci(ndcg, n_resamples, seed)),
-            "ndcg_at_10_per_repeat": [float(v) for v in per_draw.mean(axis=1)],
-            **full_cells, **versus_full, "significant": bool(low > 0 or high < 0),
-            "float32_ndcg_at_10": float(setup.float32_ndcg.mean()),
-            **_versus("delta_vs_float32", per_draw, setup.float32_ndcg, n_resamples, seed),
-            "calibration_id": frozen[0].id,
-        })
-
-    initial = frozen_first_draw.get(setup.initial_fraction)
-    if initial is None:
-        initial = full if free else calibrate(method, setup.sources[0][:setup.n_initial], setup.rotation, seed)
-    initial_ndcg = scorer(method, initial)
-    for step, n in enumerate(setup.checkpoints, start=1):
-        if free:
-            metrics, step_ndcg = zero_drift(method, n), initial_ndcg
-        else:
-            metrics = drift_metrics(method, initial, setup.stream[:n], recalibration=fresh_on(n))
-            step_ndcg = scorer(method, fresh_on(n))
-        report.step_rows.append({
-            **rows, "step": step, "corpus_fraction": n / len(setup.stream), "n_seen": n,
-            "calibration_fraction": setup.initial_fraction, "n_calibration_docs": setup.n_initial,
-            **_metric_cells(metrics),
-            "frozen_ndcg_at_10": float(initial_ndcg.mean()), "fresh_ndcg_at_10": float(step_ndcg.mean()),
-            **_paired("ndcg_gap", step_ndcg, initial_ndcg, n_resamples, seed),
-        })
-
-    checkpoints = setup.policy_checkpoints
-    run = simulate_policy(method, policy, initial, setup.sources[0][:setup.n_initial], setup.stream,
-                          checkpoints, recalibrate=fresh_on)
-    for step in run.steps:
-        report.policy_step_rows.append({
-            **rows, "corpus_fraction": step.n_seen / len(setup.stream), "n_seen": step.n_seen,
-            **_metric_cells(step.metrics), "fired": step.fired, "reasons": ",".join(step.reasons),
-            "recalibrations": step.recalibrations, "reencoded_docs": step.reencoded_docs,
-            "ndcg_at_10": float(scorer(method, step.calibration).mean()),
-            "calibration_id": step.calibration.id,
-        })
-    final_ndcg = scorer(method, run.final)
-    recovered = _paired("recovered", final_ndcg, initial_ndcg, n_resamples, seed)
-    gap = float(full_ndcg.mean() - initial_ndcg.mean())
-    report.policy_rows.append({
-        **rows, "calibration_fraction": setup.initial_fraction, "n_calibration_docs": setup.n_initial,
-        "checkpoints": len(checkpoints), "recalibrations": run.recalibrations,
-        "reencoded_docs": run.reencoded_docs,
-        "frozen_ndcg_at_10": float(initial_ndcg.mean()), "policy_ndcg_at_10": float(final_ndcg.mean()),
-        "full_ndcg_at_10": float(full_ndcg.mean()), **recovered, "gap_to_full": gap,
-        "recovered_share_of_gap": recovered["recovered"] / gap if abs(gap) > 1e-12 else math.nan,
-        "recovered_per_recalibration": (recovered["recovered"] / run.recalibrations
-                                        if run.recalibrations else math.nan),
-        # The reference rule "recalibrate at every checkpoint" ends on the full calibration.
-        "every_step_recovered_per_recalibration": gap / len(checkpoints) if checkpoints and not free else math.nan,
-        "every_step_reencoded_docs": sum(checkpoints) if not free else 0,
-    })
 
 
 # ----------------------------------------------------------------------------- output

@@ -50,8 +50,9 @@ class VespaBackend:
     ``doc_ids`` are the corpus ids in row order (``EmbeddedDataset.dataset.doc_ids``). With
     ``calibration_dir`` (the feeder's output) queries go to the manifest's active slot, whose
     calibration must be the query's, and every hit of a calibrated method must carry that
-    calibration's id; without it, queries go to slot ``a`` and every hit must carry the id of the
-    calibration the query was computed with.
+    calibration's id; without it, queries go to ``slot`` (default ``a``) and every hit must carry
+    the id of the calibration the query was computed with (how streaming drift reads an inactive
+    slot it has just written and verified, :mod:`vespa_quant.vespa.stream`).
     """
 
     endpoint: str
@@ -61,6 +62,7 @@ class VespaBackend:
     policy: HttpPolicy = field(default_factory=HttpPolicy)
     """Timeouts and retries; each query's Vespa-side ``timeout`` is the policy's attempt timeout."""
     name: str = "vespa"
+    slot: str = "a"
     _rows: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,10 +81,10 @@ class VespaBackend:
         """(slot, calibration id) queries of ``method`` at ``calibration.dim`` must use and see.
 
         From the manifest when there is one, after checking the query's calibration is the one
-        the active slot holds; slot ``a`` and the query's own calibration otherwise.
+        the active slot holds; ``self.slot`` and the query's own calibration otherwise.
         """
         if self.calibration_dir is None:
-            return "a", calibration.id
+            return self.slot, calibration.id
         entry = manifest_entry(read_manifest(self.calibration_dir), method.name, calibration.dim,
                                self.calibration_dir)
         slot = entry["active_slot"]

@@ -52,7 +52,7 @@ from vespa_quant.vespa.transaction import (
 )
 from vespa_quant.vespa.wire import SlotKey, calibration_set_id, documents_count_body, feed_documents
 
-__all__ = ["MANIFEST", "FeedReport", "feed", "read_manifest"]
+__all__ = ["MANIFEST", "FeedReport", "feed", "put_rows", "read_manifest"]
 
 
 def _shown(ids: Sequence[str], limit: int = 5) -> str:
@@ -294,3 +294,31 @@ def _operations(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: S
     calibration_ids = {key: calibration.id for key, calibration in by_slot.items()}
     return feed_documents([doc_ids[row] for row in rows], codes, {m.name: m for m in methods}, calibration_ids,
                           signs)
+
+
+def put_rows(app_url: str, embedded: EmbeddedDataset, rows: Sequence[int] | np.ndarray, methods: Sequence[Quantizer],
+             dims: Sequence[int], *, calibration_dir: Path, concurrency: int = 8, policy: HttpPolicy | None = None,
+             progress: bool = True) -> SendOutcome:
+    """Put only the corpus rows ``rows``, every slot the manifest lists encoded with its calibration.
+
+    For documents that arrive a batch at a time into an index that already holds others
+    (streaming drift, :mod:`vespa_quant.vespa.stream`): ``feed(..., keep_calibrations=True)``
+    restricted to ``rows``, except that the manifest is neither rewritten nor verified, since the
+    index holds more than this batch; the caller counts. A signal or a fatal error raises, as in
+    :func:`feed`.
+    """
+    methods, dims = list(methods), list(dims)
+    _check_request(methods, dims, concurrency)
+    _, by_slot = _kept_calibrations(embedded, methods, dims, calibration_dir=Path(calibration_dir))
+    rows = np.asarray(rows, dtype=np.int64)
+    doc_ids = [embedded.dataset.doc_ids[row] for row in rows]
+    signs_needed = any(sign_role(method) is None for method in methods)
+    with VespaClient(app_url, policy) as client:
+        sent = send_operations(client, doc_ids, _operations(embedded, methods, dims, by_slot, rows, signs_needed),
+                               operation_type="feed", concurrency=concurrency, progress=progress, desc="put")
+    if sent.signal:
+        raise InterruptedRunError(f"put to {client.url} interrupted by {sent.signal}: {sent.n_ok} of {len(doc_ids)} "
+                                  "documents acknowledged")
+    if sent.fatal is not None:
+        raise sent.fatal
+    return sent
