@@ -22,24 +22,32 @@ The peers are data (STYLE 2), one spec per configuration, named by it:
 
 Product quantizers are built with faiss's ``np`` suffix: no polysemous training, which only
 reorders centroid ids for a Hamming pre-filter that exhaustive ADC search never uses (the scores
-are the same) and costs minutes at ``m = 96``. Bytes/vector come from the index (``sa_code_size``) or the code array, never typed.
+are the same) and costs minutes at ``m = 96``. Bytes/vector come from the index
+(``sa_code_size``) or the code array, never typed. A peer's scores of given documents (for the
+Q1 fields) come from the index's own distance computer; its MSE from ``sa_decode``, except for
+RaBitQ, whose estimator is not the inner product with its decoded vector.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.engine.local import Hits
 from vespa_quant.errors import VespaQuantError
-from vespa_quant.evaluate.agreement import mse_sample_rows, relative_mse
+from vespa_quant.evaluate.agreement import Reference, agreement_fields, mse_sample_rows, relative_mse
+from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap
+from vespa_quant.evaluate.runner import NDCG, RECALL, score_hits
 
 ST_RESCORE_MULTIPLIER = 4
-"""Oversampling of sentence-transformers' rescoring: the value its own quantization examples use
-(``examples/.../embedding_quantization/semantic_search_faiss.py``); the function's default is 2."""
+"""Oversampling of sentence-transformers' rescoring: the value its embedding-quantization examples
+pass to ``semantic_search_faiss``/``semantic_search_usearch`` (the function's default is 2)."""
 RABITQ_QUERY_BITS = 4
 """Bits of RaBitQ's quantized query: faiss's ``IndexRaBitQ`` default and the RaBitQ paper's B_q."""
 PEER_FAMILIES = ("pq", "opq", "sq", "rabitq", "st")
@@ -305,8 +313,8 @@ def best_row_within(rows: Sequence[dict], budget: float) -> dict | None:
     return max(fitting, key=lambda row: float(row["ndcg_at_10"]), default=None)
 
 
-def evaluate_peers(embedded: Any, dim: int, peers: Sequence[Peer], *, baseline: np.ndarray,
-                   ours: Sequence[dict], ours_ndcg: dict[str, np.ndarray], reference: Any, hits: int = 100,
+def evaluate_peers(embedded: EmbeddedDataset, dim: int, peers: Sequence[Peer], *, baseline: np.ndarray,
+                   ours: Sequence[dict], ours_ndcg: dict[str, np.ndarray], reference: Reference, hits: int = 100,
                    seed: int = 0, n_resamples: int = 1000, bootstrap_seed: int = 0,
                    show_progress: bool = False) -> tuple[list[dict], list[dict]]:
     """Result rows and per-query rows of ``peers`` at ``dim``, shaped like our own rows.
@@ -315,14 +323,6 @@ def evaluate_peers(embedded: Any, dim: int, peers: Sequence[Peer], *, baseline: 
     NDCG@10 in ``ours_ndcg`` (by method), ``reference`` the :class:`~vespa_quant.evaluate.agreement.Reference`
     of this dim. Every query order is ``sorted(qrels)``, as in :func:`~vespa_quant.evaluate.runner.evaluate`.
     """
-    import time
-
-    from tqdm.auto import tqdm
-
-    from vespa_quant.evaluate.agreement import agreement_fields
-    from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap
-    from vespa_quant.evaluate.runner import NDCG, RECALL, score_hits
-
     dataset = embedded.dataset
     docs, queries = embedded.at_dim(dim)
     query_order = sorted(dataset.qrels)
@@ -345,7 +345,8 @@ def evaluate_peers(embedded: Any, dim: int, peers: Sequence[Peer], *, baseline: 
             "delta_vs_float32": delta.delta_mean, "delta_vs_float32_ci": [delta.ci_low, delta.ci_high],
             "delta_vs_float32_p": delta.p_value,
             "n_queries": len(query_order), "n_docs": len(dataset.doc_ids), "disk_bytes_per_vector": 0,
-            "backend": "faiss", "peer": True, "peer_family": peer.family, "peer_config": fitted.config,
+            "backend": "faiss", "peer": True, "peer_family": peer.family,
+            "peer_config": f"{fitted.config}; top {hits} per query",
         }
         row.update(agreement_fields(reference, fitted.scores_at(queries, reference.rows), mse))
         best = best_row_within(ours, fitted.bytes_per_vector)

@@ -112,9 +112,8 @@ def pareto_figure(results: DatasetResults, path: Path, numbers: Sequence[int]) -
 
     float32 = results.float32
     if float32 is not None:
-        axes.axhline(float32.mean, color="0.35", linestyle=":", linewidth=1)
-        axes.annotate(f"float32 {float32.mean:.4f}", (x_low, float32.mean), textcoords="offset points",
-                      xytext=(4, 3), fontsize=7, color="0.35")
+        axes.axhline(float32.mean, color="0.35", linestyle=":", linewidth=1,
+                     label=f"float32 NDCG@10 {float32.mean:.4f}")
     for peer, colour in ((False, OURS), (True, PEERS)):
         front_rows = [i for i, e in enumerate(entries) if e.peer == peer and not e.row.get("disk_bytes_per_vector")]
         if front_rows:
@@ -128,6 +127,10 @@ def pareto_figure(results: DatasetResults, path: Path, numbers: Sequence[int]) -
         axes.errorbar(positions[i], means[i], yerr=[[means[i] - intervals[i, 0]], [intervals[i, 1] - means[i]]],
                       fmt="s" if entry.peer else "o", color=colour, markersize=5.5, capsize=2, linewidth=0.8,
                       markerfacecolor="white" if entry.peer or paged else colour, alpha=0.9)
+    ticks = np.unique(sizes)
+    ticks = ticks[np.concatenate([[True], np.diff(np.log2(ticks)) > 0.25])]  # no two labels closer than 1/4 octave
+    axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks], fontsize=8)
+    axes.set_xticks([], minor=True)
     axes.set_xlabel("bytes per vector (log2 scale; memory, codes only; rows of equal size spread sideways)")
     axes.set_ylabel("NDCG@10 (95% bootstrap CI)")
     axes.set_title(f"{results.dataset} / {results.model}: quality against size", fontsize=11)

@@ -36,6 +36,14 @@ def _number(value: object, spec: str) -> str:
     return format(float(value), spec)  # type: ignore[arg-type]
 
 
+def _small(value: object) -> str:
+    """Three decimals, or two significant digits below 0.001 (an int8 MSE is ~1e-5, not 0)."""
+    if value is None or not math.isfinite(float(value)):  # type: ignore[arg-type]
+        return "–"
+    number = float(value)  # type: ignore[arg-type]
+    return f"{number:.3f}" if number == 0 or abs(number) >= 0.001 else f"{number:.1e}"
+
+
 def _interval(value: object, centre: object, spec: str) -> str:
     if not isinstance(value, (list, tuple)) or len(value) != 2 or None in value:
         return _number(centre, spec)
@@ -69,7 +77,7 @@ def rows_table(results: DatasetResults, entries: Sequence[Entry], numbers: Seque
             f"{entry.bytes:g}{paged}", _interval(row.get("ndcg_at_10_ci"), row["ndcg_at_10"], ".4f"),
             _interval(row.get("delta_vs_float32_ci"), row.get("delta_vs_float32"), "+.4f"),
             _number(row.get("delta_vs_float32_p"), ".3f"), _number(row.get(TAU), ".3f"),
-            _number(row.get(SWAP), ".3f"), _number(row.get(MSE), ".3f"), versus,
+            _number(row.get(SWAP), ".3f"), _small(row.get(MSE)), versus,
         ])
     return _table(header, body)
 

@@ -117,7 +117,9 @@ def budget_sentences(results: DatasetResults, lines: Sequence[BudgetLine]) -> li
     missing = []
     for line in lines:
         if line.ours is None or line.peer is None or line.difference is None or line.verdict is None:
-            missing.append(f"{line.budget} B ({'no row of ours' if line.ours is None else 'no peer'})")
+            absent = ("nothing fits" if line.ours is None and line.peer is None
+                      else "no row of ours fits" if line.ours is None else "no peer fits")
+            missing.append(f"{line.budget} B ({absent})")
             continue
         groups[line.verdict].append(
             f"{line.budget} B ({results.label(line.ours)} {line.ours.mean:.4f} vs {results.label(line.peer)} "
