@@ -107,3 +107,38 @@ def scifact_slice_embedded(scifact_slice: Path, slice_cache: Path):
     from vespa_quant.embed.embedded import load_embedded
 
     return load_embedded(scifact_slice, "all-MiniLM-L6-v2", cache_dir=slice_cache, show_progress=False)
+
+
+def write_generated_beir(docs: np.ndarray, queries: np.ndarray, dest: Path) -> Path:
+    """A BEIR folder for generated vectors, with .npy/.ids files beside it to bring as embeddings.
+
+    Query ``i`` is a noisy copy of document ``i`` (the ``generated`` fixture), so it judges that
+    document relevant (2) and the next one partly (1): graded qrels, as NFCorpus has.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    doc_ids = [f"d{i}" for i in range(len(docs))]
+    query_ids = [f"q{i}" for i in range(len(queries))]
+    (dest / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": f"doc {d}"}) + "\n"
+                                               for d in doc_ids))
+    (dest / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": f"query {q}"}) + "\n"
+                                                for q in query_ids))
+    (dest / "qrels").mkdir(exist_ok=True)
+    lines = ["query-id\tcorpus-id\tscore\n"]
+    for i, q in enumerate(query_ids):
+        lines += [f"{q}\t{doc_ids[i]}\t2\n", f"{q}\t{doc_ids[(i + 1) % len(doc_ids)]}\t1\n"]
+    (dest / "qrels" / "test.tsv").write_text("".join(lines))
+    for kind, ids, vectors in (("docs", doc_ids, docs), ("queries", query_ids, queries)):
+        np.save(dest / f"{kind}.npy", np.asarray(vectors, dtype=np.float32))
+        (dest / f"{kind}.ids").write_text("\n".join(ids) + "\n")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def generated_embedded(generated, tmp_path_factory):
+    """The ``generated`` vectors as an embedded BEIR dataset (bring-your-own embeddings)."""
+    from vespa_quant.embed.embedded import load_embedded
+
+    folder = write_generated_beir(*generated, tmp_path_factory.mktemp("generated") / "generated")
+    return load_embedded(folder, "generated-model", show_progress=False,
+                         precomputed={"document": (folder / "docs.npy", folder / "docs.ids"),
+                                      "query": (folder / "queries.npy", folder / "queries.ids")})

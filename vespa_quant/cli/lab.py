@@ -1,4 +1,5 @@
-"""The lab's commands: evaluate quantizers, list them, measure streaming drift, analyze a corpus."""
+"""The lab's commands: evaluate quantizers (and their peers), list them, measure streaming drift, analyze a
+corpus, and render the report page."""
 
 from __future__ import annotations
 
@@ -79,13 +80,19 @@ def evaluate_command(
         "--calibration-dir", help="With --backend vespa: the folder `vespa-quant feed` wrote; queries follow its "
                                   "active slots, and its manifest must describe this dataset.")] = Path("out/calibrations"),
     timeout: TimeoutOption = 60.0,
+    peers: Annotated[Optional[str], typer.Option(
+        "--peers", help="Add published quantizers as rows, trained on the same corpus: 'faiss' (all: faiss PQ, OPQ, SQ, "
+                        "RaBitQ and sentence-transformers' binary/uint8 recipe) or comma-separated families "
+                        "pq, opq, sq, rabitq, st.")] = None,
 ) -> None:
     """Evaluate quantization methods: NDCG@10 with bootstrap CIs, bytes/vector, paired delta vs float32."""
     from vespa_quant.evaluate.report import format_table
+    from vespa_quant.evaluate.peers import parse_peers
     from vespa_quant.evaluate.runner import LocalBackend, SearchBackend, evaluate, write_evaluation
     from vespa_quant.quantize.registry import parse_methods
 
     chosen = parse_methods(methods)
+    peer_families = parse_peers(peers)
     check_dims_syntax(dims)
     check_results_dir(output)
     if k1 is not None and hits > k1:
@@ -115,7 +122,7 @@ def evaluate_command(
             search_backend = LocalBackend()
         evaluation = evaluate(embedded, chosen, parse_dims(dims, embedded.native_dim), rotation=rotation, seed=seed,
                               backend=search_backend, hits=hits, k1=k1, n_resamples=resamples,
-                              bootstrap_seed=bootstrap_seed)
+                              bootstrap_seed=bootstrap_seed, peers=peer_families)
         written = write_evaluation(evaluation, output, title=f"{embedded.dataset.name} / {model}")
     typer.echo(format_table(evaluation.rows))
     echo_written(written)
@@ -227,3 +234,24 @@ def analyze_command(
     typer.echo(format_analysis(rows))
     echo_written(written)
 
+
+@app.command("report")
+@cli_errors
+def report_command(
+    results: Annotated[list[Path], typer.Argument(
+        help="Results folders written by `vespa-quant evaluate` (results.json and per_query.csv in each).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.md and its PNG figures.")] = Path("report"),
+    budgets: Annotated[str, typer.Option(
+        "--budgets", help="Comma-separated bytes/vector budgets of the best-per-budget table.")] = "32,48,64,96,128,192",
+    resamples: ResamplesOption = 1000,
+    bootstrap_seed: BootstrapSeedOption = 0,
+) -> None:
+    """One Markdown page from results folders: Pareto fronts, best method per byte budget against the best peer,
+    and the research questions (Q1: does MSE predict ranking?, Q6: who differs from float32?) answered from the numbers."""
+    from vespa_quant.cli.common import parse_ints
+    from vespa_quant.report import build_report
+
+    check_output_dir(output)
+    written = build_report(results, output, budgets=parse_ints(budgets, "--budgets"), n_resamples=resamples,
+                           bootstrap_seed=bootstrap_seed)
+    echo_written(written)

@@ -3,6 +3,9 @@
 This is the library behind ``vespa-quant evaluate``: load and embed (cached), truncate to each
 Matryoshka dim, calibrate, encode, search with a backend (the in-process engine or Vespa), score
 with pytrec_eval, and attach bootstrap CIs and a paired bootstrap against float32 (brief Q6).
+Every row also says how well the method keeps float32's order of each query's top 100 and what
+its reconstruction error is (brief Q1, :mod:`~vespa_quant.evaluate.agreement`); with ``peers``,
+published quantizers join the table as rows of their own (:mod:`~vespa_quant.evaluate.peers`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from tqdm.auto import tqdm
 
 from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.engine.local import DEFAULT_K1, Hits, check_search_counts, search
+from vespa_quant.evaluate.agreement import agreement_fields, float32_reference, method_mse, method_scores_at
 from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap, per_query_metrics, run_from_topk
 from vespa_quant.quantize.base import (
     Arrays,
@@ -102,8 +106,11 @@ def float32_baseline(embedded: EmbeddedDataset, dim: int, hits: int = 100) -> np
 def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
              rotation: str = "none", seed: int = 0, backend: SearchBackend | None = None,
              hits: int = 100, k1: int | None = None, n_resamples: int = 1000, bootstrap_seed: int = 0,
-             show_progress: bool = True) -> Evaluation:
+             show_progress: bool = True, peers: Sequence[str] = ()) -> Evaluation:
     """One result row per (dim, method), each with a paired bootstrap against float32.
+
+    ``peers`` names peer families (:func:`~vespa_quant.evaluate.peers.parse_peers`); their rows
+    follow ours at each dim, compared also with our best row at their byte budget.
 
     The baseline is :func:`float32_baseline`. ``seed`` seeds rotations and calibration samples,
     ``bootstrap_seed`` the query resampling of the CIs, so one can vary without the other.
@@ -119,6 +126,9 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
         docs, queries = embedded.at_dim(dim)
         signs = shared_sign_bits(docs) if k1 is not None else None
         baseline = float32_baseline(embedded, dim, hits)
+        reference = float32_reference(docs, queries)
+        dim_rows: list[dict] = []
+        ours_ndcg: dict[str, np.ndarray] = {}
         for method in methods:
             started = time.perf_counter()
             calibration = (backend.served_calibration(method, dim)
@@ -126,6 +136,9 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
             codes = encode(method, docs, calibration)
             method_k1 = DEFAULT_K1 if k1 is None and method.always_first_phase else k1
             found = backend.search(method, calibration, codes, queries, hits, k1=method_k1, signs=signs)
+            agreement = agreement_fields(reference, method_scores_at(
+                method, calibration, codes, queries, reference.rows, k1=method_k1, signs=signs),
+                method_mse(method, calibration, codes, docs))
             del codes
             values = score_hits(embedded, found.hits)
             progress.set_postfix_str(f"{method.name}@{dim}")
@@ -143,19 +156,30 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
                 "n_queries": len(query_order), "n_docs": len(dataset.doc_ids),
                 "disk_bytes_per_vector": disk_bytes_per_vector(method, dim),
                 "calibration_id": calibration.id, "backend": backend.name,
-                "first_phase_k1": method_k1,
+                "first_phase_k1": method_k1, "peer": False, **agreement,
                 "seconds": round(time.perf_counter() - started, 3),
             }
             if found.latencies_ms is not None and len(found.latencies_ms):
                 for pct in (50, 95, 99):
                     row[f"latency_ms_p{pct}"] = float(np.percentile(found.latencies_ms, pct))
             evaluation.rows.append(row)
+            dim_rows.append(row)
+            ours_ndcg[method.name] = values[NDCG]
             evaluation.per_query.extend(
                 {"dim": dim, "method": method.name, "query_id": qid,
                  "ndcg_at_10": float(values[NDCG][i]), "recall_at_100": float(values[RECALL][i])}
                 for i, qid in enumerate(query_order)
             )
             progress.update()
+        if peers:
+            from vespa_quant.evaluate.peers import evaluate_peers, peer_configs
+
+            peer_rows, peer_per_query = evaluate_peers(
+                embedded, dim, peer_configs(dim, peers), baseline=baseline, ours=dim_rows, ours_ndcg=ours_ndcg,
+                reference=reference, hits=hits, seed=seed, n_resamples=n_resamples, bootstrap_seed=bootstrap_seed,
+                show_progress=show_progress)
+            evaluation.rows.extend(peer_rows)
+            evaluation.per_query.extend(peer_per_query)
     progress.close()
     return evaluation
 

@@ -114,3 +114,39 @@ def reference_score(query: QueryView, docs: DocView) -> np.ndarray:
     if isinstance(query, BitQueries) and isinstance(docs, BitDocs):
         return 1.0 / (1.0 + hamming_matrix(query.bits, docs.bits))
     raise CalibrationError(f"query shape {type(query).__name__} cannot score documents of shape {type(docs).__name__}")
+
+
+def reference_score_at(query: QueryView, docs: DocView, rows: np.ndarray, block: int = 32) -> np.ndarray:
+    """(nq, k) float64 scores of the documents ``rows[q]`` for each query ``q``: :func:`reference_score`
+    restricted to given rows, for measuring how a method orders a known candidate list (the
+    float32 top-100 of each query, brief Q1) without scoring the whole corpus.
+
+    Vectorised over blocks of ``block`` queries, so the temporaries are ``block x k x d``.
+    """
+    rows = np.asarray(rows, dtype=np.intp)
+    if rows.ndim != 2:
+        raise CalibrationError(f"rows have shape {rows.shape}, expected (n_queries, k)")
+    out = np.empty(rows.shape, dtype=np.float64)
+    for start in range(0, len(rows), block):
+        part, at = slice(start, start + block), rows[start:start + block]
+        if isinstance(query, TableQueries) and isinstance(docs, TableDocs):
+            codes = docs.codes[at].astype(np.intp).transpose(0, 2, 1)  # (b, d, k)
+            scores = np.take_along_axis(query.tables[part].astype(np.float64), codes, axis=2).sum(axis=1)
+            if docs.scale is not None:
+                scores *= docs.scale.astype(np.float64)[at]
+            if docs.bias is not None and query.bias_coef is not None:
+                scores += query.bias_coef[part].astype(np.float64)[:, None] * docs.bias.astype(np.float64)[at]
+            out[part] = scores + query.offset[part].astype(np.float64)[:, None]
+        elif isinstance(query, VectorQueries) and isinstance(docs, VectorDocs):
+            vectors = vector_cells_as_float(docs.vectors[at]).astype(np.float64)
+            scores = np.einsum("bd,bkd->bk", query.queries[part].astype(np.float64), vectors)
+            out[part] = scores if query.offset is None else scores + query.offset[part][:, None]
+        elif isinstance(query, BitQueries) and isinstance(docs, BitDocs):
+            query_bits = np.unpackbits(np.ascontiguousarray(query.bits[part]).view(np.uint8), axis=1)
+            doc_bits = np.unpackbits(np.ascontiguousarray(docs.bits[at]).view(np.uint8), axis=2)
+            distance = (query_bits[:, None, :] != doc_bits).sum(axis=2)
+            out[part] = 1.0 / (1.0 + distance)
+        else:
+            raise CalibrationError(f"query shape {type(query).__name__} cannot score documents of shape "
+                                   f"{type(docs).__name__}")
+    return out
