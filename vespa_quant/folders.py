@@ -45,7 +45,7 @@ MARKER = ".vespa-quant-results"
 RESULT_FILES = frozenset({
     "results.json", "results.csv", "per_query.csv", "pareto.png", "table.txt",
     "drift.json", "drift.csv", "drift_steps.csv", "policy.csv", "policy_steps.csv", "drift.png",
-    "analysis.json", "analysis.csv", "analysis.png", MARKER,
+    "analysis.json", "analysis.csv", "analysis.png", "report.md", MARKER,
 })
 """Every file a results writer of this package writes: folders holding only these are results."""
 

@@ -240,7 +240,8 @@ def analyze_command(
 def report_command(
     results: Annotated[list[Path], typer.Argument(
         help="Results folders written by `vespa-quant evaluate` (results.json and per_query.csv in each).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for report.md and its PNG figures.")] = Path("report"),
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Folder for report.md and its PNG figures, replaced as a whole.")] = Path("out/report"),
     budgets: Annotated[str, typer.Option(
         "--budgets", help="Comma-separated bytes/vector budgets of the best-per-budget table.")] = "32,48,64,96,128,192",
     resamples: ResamplesOption = 1000,
@@ -251,7 +252,7 @@ def report_command(
     from vespa_quant.cli.common import parse_ints
     from vespa_quant.report import build_report
 
-    check_output_dir(output)
+    check_results_dir(output)
     written = build_report(results, output, budgets=parse_ints(budgets, "--budgets"), n_resamples=resamples,
                            bootstrap_seed=bootstrap_seed)
     echo_written(written)
