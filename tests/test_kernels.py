@@ -210,12 +210,14 @@ def test_dot_topk_matches_float64_gemm(cell: str, n_queries: int, k: int, thread
     assert_same_topk(scores, rows, reference, k, tol=1e-5 * (100 if cell == "int8" else 1))
 
 
-def test_dot_topk_ties_keep_the_lowest_rows() -> None:
+@pytest.mark.parametrize("n_queries", [2, 9], ids=["row-by-row", "gemm"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dot_topk_ties_keep_the_lowest_rows(n_queries: int, threads: int) -> None:
     """Duplicated documents tie exactly: the earlier copy must come first, across block edges."""
     base = RNG.integers(-3, 4, (40, 16)).astype(np.int8)
     docs = np.tile(base, (300, 1))
-    queries = RNG.integers(-2, 3, (3, 16)).astype(np.float32)
-    scores, rows = kernels.dot_topk(queries, docs, 700)
+    queries = RNG.integers(-2, 3, (n_queries, 16)).astype(np.float32)
+    scores, rows = kernels.dot_topk(queries, docs, 700, threads=threads)
     ref_scores, ref_rows = reference_topk(queries.astype(np.float64) @ docs.T.astype(np.float64), 700)
     np.testing.assert_array_equal(rows, ref_rows)
     np.testing.assert_array_equal(scores, ref_scores)
@@ -241,3 +243,25 @@ def test_dot_rejects_other_cells() -> None:
         kernels.dot_topk(np.zeros((1, 4)), np.zeros((3, 4), dtype=np.float64), 1)
     with pytest.raises(VespaQuantError, match="same d"):
         kernels.dot_topk(np.zeros((1, 5)), np.zeros((3, 4), dtype=np.float32), 1)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_queries", [1, 9], ids=["lookup-tables", "gemm"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packed_codes_score_their_reconstruction(bits: int, n_queries: int, threads: int) -> None:
+    """``q . levels[i, code_i]`` whichever path: binary_asym is levels [-1, +1], 2-bit methods their table."""
+    dim, n_docs, k = 97, 900, 30
+    levels = np.sort(RNG.standard_normal((dim, 1 << bits)), axis=1)
+    codes = RNG.integers(0, 1 << bits, (n_docs, dim))
+    packed = kernels.PackedCodes(kernels.pack_codes(codes, bits), levels, bits)
+    queries = RNG.standard_normal((n_queries, dim)).astype(np.float32)
+    scores, rows = kernels.dot_topk(queries, packed, k, threads=threads)
+    reconstruction = levels.astype(np.float32).astype(np.float64)[np.arange(dim), codes]
+    assert_same_topk(scores, rows, queries.astype(np.float64) @ reconstruction.T, k)
+
+
+def test_packed_codes_check_their_shape() -> None:
+    with pytest.raises(VespaQuantError, match="do not pack 97 dims"):
+        kernels.PackedCodes(np.zeros((5, 12), np.uint8), np.zeros((97, 2)), 1)
+    with pytest.raises(VespaQuantError, match=r"levels must be \(d, 4\)"):
+        kernels.PackedCodes(np.zeros((5, 25), np.uint8), np.zeros((97, 2)), 2)

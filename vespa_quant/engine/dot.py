@@ -8,19 +8,22 @@ go through the streaming top-k of :mod:`vespa_quant.engine.topk`, so memory stay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
-from vespa_quant.engine import topk
+from vespa_quant.engine import lut, topk
 from vespa_quant.errors import VespaQuantError
 
 DOT_BLOCK_ROWS = 8192
 """Documents per GEMM block: few enough Python steps per scan, scores of 1024 queries in 32 MiB."""
-QUERY_CHUNK = 1024
-PARALLEL_PUSH_QUERIES = 8
-"""Below this many queries the top-k update of a block runs on the calling thread (no launch)."""
+DIRECT_QUERIES = 4
+"""Fewer queries than this are scored row by row without decoding: a GEMM only pays off when each
+decoded block serves several queries."""
 _controller: list[ThreadpoolController] = []
 
 
@@ -42,19 +45,106 @@ def _to_float32_impl(value):  # type: ignore[no-untyped-def]
     return lambda value: np.float32(value)
 
 
-@njit(parallel=True, cache=True)
-def _decode(docs, start, out):  # type: ignore[no-untyped-def]
-    for r in prange(out.shape[0]):
+@njit(cache=True)
+def _decode_cells(docs, start, out, first, last):  # type: ignore[no-untyped-def]
+    for r in range(first, last):
         for i in range(out.shape[1]):
             out[r, i] = _to_float32(docs[start + r, i])
 
 
+@njit(parallel=True, cache=True)
+def _decode_cells_parallel(docs, start, out, parts):  # type: ignore[no-untyped-def]
+    m = out.shape[0]
+    for p in prange(parts):
+        _decode_cells(docs, start, out, p * m // parts, (p + 1) * m // parts)
+
+
 @njit(cache=True)
-def _push_serial(scores, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
-    for q in range(scores.shape[0]):
-        for i in range(scores.shape[1]):
-            if scores[q, i] > threshold[0, q]:
-                topk.push(keys, rows, count, threshold, 0, q, scores[q, i], first_row + i, k)
+def _decode_codes(codes, levels, stored, start, out, first, last):  # type: ignore[no-untyped-def]
+    per = 8 // stored
+    mask = (1 << stored) - 1
+    for r in range(first, last):
+        for i in range(out.shape[1]):
+            j = i // per
+            out[r, i] = levels[i, (codes[start + r, j] >> (8 - stored * (i - j * per + 1))) & mask]
+
+
+@njit(parallel=True, cache=True)
+def _decode_codes_parallel(codes, levels, stored, start, out, parts):  # type: ignore[no-untyped-def]
+    m = out.shape[0]
+    for p in prange(parts):
+        _decode_codes(codes, levels, stored, start, out, p * m // parts, (p + 1) * m // parts)
+
+
+@dataclass(frozen=True)
+class PackedCodes:
+    """Codes packed by :func:`.lut.pack_codes` with the per-dimension levels that reconstruct them.
+
+    The reconstruction is ``d_hat[i] = levels[i, code_i]``, so ``q . d_hat`` is both a lookup-table
+    sum (``tables[q, i, c] = q_i levels[i, c]``; cheap per document, the way for few queries) and a
+    GEMM with a decoded block (the way for a batch). binary_asym is ``levels = [-1, +1]``;
+    the 2-bit methods are their ``table``.
+    """
+
+    codes: np.ndarray
+    levels: np.ndarray
+    bits: int
+
+    def __post_init__(self) -> None:
+        stored, per = lut.dims_per_byte(self.bits)
+        levels = np.ascontiguousarray(self.levels, dtype=np.float32)
+        if levels.ndim != 2 or levels.shape[1] != 1 << self.bits:
+            raise VespaQuantError(f"levels must be (d, {1 << self.bits}) for {self.bits} bits, got {levels.shape}")
+        codes = np.ascontiguousarray(self.codes).view(np.uint8)
+        if codes.ndim != 2 or codes.shape[1] != -(-len(levels) // per):
+            raise VespaQuantError(f"codes {codes.shape} do not pack {len(levels)} dims at {self.bits} bits")
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "codes", codes)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.codes), len(self.levels)
+
+    def tables(self, queries: np.ndarray) -> np.ndarray:
+        """(nq, d, 2**bits) ``q_i levels[i, c]`` for :func:`.lut.build_luts`."""
+        return queries.astype(np.float64)[:, :, None] * self.levels[None].astype(np.float64)
+
+
+def _decoder(docs: np.ndarray | PackedCodes, parts: int) -> Callable[[int, np.ndarray], None]:
+    """``decode(start, out)`` fills ``out`` with float32 rows ``start..start+len(out)`` of ``docs``."""
+    if isinstance(docs, PackedCodes):
+        stored = lut.dims_per_byte(docs.bits)[0]
+        if parts == 1:
+            return lambda start, out: _decode_codes(docs.codes, docs.levels, stored, start, out, 0, len(out))
+        return lambda start, out: _decode_codes_parallel(docs.codes, docs.levels, stored, start, out, parts)
+    if parts == 1:
+        return lambda start, out: _decode_cells(docs, start, out, 0, len(out))
+    return lambda start, out: _decode_cells_parallel(docs, start, out, parts)
+
+
+@njit(cache=True, fastmath=True)
+def _dot(query, doc):  # type: ignore[no-untyped-def]
+    """float32 ``query . doc``; fastmath lets LLVM split the sum into SIMD lanes."""
+    total = np.float32(0.0)
+    for i in range(query.shape[0]):
+        total += query[i] * _to_float32(doc[i])
+    return total
+
+
+@njit(cache=True)
+def _direct_part(queries, docs, first, last, k, part, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
+    for r in range(first, last):
+        for q in range(queries.shape[0]):
+            score = _dot(queries[q], docs[r])
+            if score > threshold[part, q]:
+                topk.push(keys, rows, count, threshold, part, q, score, r, k)
+
+
+@njit(parallel=True, cache=True)
+def _direct_scan(queries, docs, k, parts, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
+    n = docs.shape[0]
+    for part in prange(parts):
+        _direct_part(queries, docs, part * n // parts, (part + 1) * n // parts, k, part, keys, rows, count, threshold)
 
 
 @njit(parallel=True, cache=True)
@@ -80,6 +170,10 @@ def _blas_limit(threads: int | None):  # type: ignore[no-untyped-def]
 
 def _check(queries: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if isinstance(docs, PackedCodes):
+        if queries.ndim != 2 or queries.shape[1] != docs.shape[1]:
+            raise VespaQuantError(f"queries {queries.shape} and codes of {docs.shape[1]} dims do not match")
+        return queries, docs
     if docs.dtype not in (np.float32, np.int8, np.uint16):
         raise VespaQuantError(f"docs must be float32, int8 or uint16 (bfloat16 bits), got {docs.dtype}")
     if queries.ndim != 2 or docs.ndim != 2 or queries.shape[1] != docs.shape[1]:
@@ -87,42 +181,59 @@ def _check(queries: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return queries, np.ascontiguousarray(docs)
 
 
-def _scan(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _direct(queries: np.ndarray, docs: np.ndarray, k: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    state = topk.buffers(parts, len(queries), k, np.float32)
+    if parts == 1:
+        _direct_part(queries, docs, 0, len(docs), k, 0, *state)
+    else:
+        _direct_scan(queries, docs, k, parts, *state)
+    return topk.finish(*state[:3], k, np.float32(-np.inf))
+
+
+def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    n, dim = docs.shape
+    decode = _decoder(docs, parts)
     state = topk.buffers(1, len(queries), k, np.float32)
-    push = topk.push_block if len(queries) >= PARALLEL_PUSH_QUERIES else _push_serial
-    decoded = None if docs.dtype == np.float32 else np.empty((min(DOT_BLOCK_ROWS, len(docs)), docs.shape[1]),
-                                                             dtype=np.float32)
+    plain = isinstance(docs, np.ndarray) and docs.dtype == np.float32
+    decoded = None if plain else np.empty((min(DOT_BLOCK_ROWS, n), dim), dtype=np.float32)
     scores = np.empty((len(queries), DOT_BLOCK_ROWS), dtype=np.float32)
-    for start in range(0, len(docs), DOT_BLOCK_ROWS):
-        stop = min(start + DOT_BLOCK_ROWS, len(docs))
+    for start in range(0, n, DOT_BLOCK_ROWS):
+        stop = min(start + DOT_BLOCK_ROWS, n)
         if decoded is None:
             block = docs[start:stop]
         else:
             block = decoded[:stop - start]
-            _decode(docs, start, block)
+            decode(start, block)
         out = scores if stop - start == DOT_BLOCK_ROWS else np.empty((len(queries), stop - start), np.float32)
         np.matmul(queries, block.T, out=out)
-        push(out, start, *state, k)
+        topk.push_block(out, start, *state, k)
     return topk.finish(*state[:3], k, np.float32(-np.inf))
 
 
-def dot_topk(queries: np.ndarray, docs: np.ndarray, k: int, *,
+def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *,
              threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` documents by ``q . v``: (scores float32 (nq, k) descending, rows int64), ties by
     lowest row; missing entries (k > n_docs) are (-inf, -1).
 
-    ``docs`` are float32, int8 (``int8_asym`` codes, with the query already scaled by the step) or
-    uint16 holding bfloat16 bit patterns. ``threads`` caps the BLAS and numba threads of the call.
+    ``docs`` are float32, int8 (``int8_asym`` codes, with the query already scaled by the step),
+    uint16 holding bfloat16 bit patterns, or :class:`PackedCodes`. ``threads`` caps the BLAS and
+    numba threads of the call. From :data:`DIRECT_QUERIES` queries on, blocks are decoded to
+    float32 once and multiplied by all queries in one GEMM; below, each row is dotted with each
+    query directly (packed codes: through lookup tables, :func:`.lut.lut_topk`).
     """
     topk.check_k(k)
     queries, docs = _check(queries, docs)
+    if isinstance(docs, PackedCodes) and len(queries) < DIRECT_QUERIES:
+        return lut.lut_topk(lut.build_luts(docs.tables(queries), docs.bits), docs.codes, k, threads=threads)
+    parts = topk.threads_for(threads, docs.shape[0])
+    if len(queries) < DIRECT_QUERIES:
+        with topk.LAUNCH_LOCK:
+            return _direct(queries, docs, k, parts)
     results = []
     with topk.LAUNCH_LOCK, _blas_limit(threads):
-        for s in range(0, len(queries), QUERY_CHUNK):
-            results.append(_scan(queries[s:s + QUERY_CHUNK], docs, k))
-    if not results:
-        return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
-    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+        for s in topk.query_chunks(len(queries)):
+            results.append(_gemm(queries[s:s + topk.QUERY_CHUNK], docs, k, parts))
+    return topk.joined(results, k, np.float32)
 
 
 def dot_scores_at(queries: np.ndarray, docs: np.ndarray, rows: np.ndarray) -> np.ndarray:

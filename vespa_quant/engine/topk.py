@@ -30,6 +30,23 @@ if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER ==
 LAUNCH_LOCK = threading.Lock()
 """Held around every parallel kernel launch (the workqueue pool is not re-entrant)."""
 INT32_MIN = np.iinfo(np.int32).min
+QUERY_CHUNK = 1024
+"""Queries per pass of a scan: bounds the candidate buffers (and a GEMM's score block) whatever the
+batch size."""
+PARALLEL_QUERIES = 8
+"""Below this many queries per-query work (merging, top-k updates) stays on the calling thread: a
+parallel launch costs more than it saves."""
+
+
+def query_chunks(n_queries: int) -> range:
+    return range(0, n_queries, QUERY_CHUNK)
+
+
+def joined(results: list[tuple[np.ndarray, np.ndarray]], k: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-chunk (keys, rows) results; an empty batch gives (0, k) arrays."""
+    if not results:
+        return np.empty((0, k), dtype=dtype), np.empty((0, k), dtype=np.int64)
+    return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
 
 
 def capacity(k: int) -> int:
@@ -101,38 +118,69 @@ def push(keys, rows, count, threshold, part, q, key, row, k):  # type: ignore[no
     count[part, q] = c
 
 
+@njit(cache=True)
+def _push_rows(scores, q, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+    for i in range(scores.shape[1]):
+        if scores[q, i] > threshold[0, q]:
+            push(keys, rows, count, threshold, 0, q, scores[q, i], first_row + i, k)
+
+
+@njit(cache=True)
+def _push_block_serial(scores, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+    for q in range(scores.shape[0]):
+        _push_rows(scores, q, first_row, keys, rows, count, threshold, k)
+
+
 @njit(parallel=True, cache=True)
-def push_block(scores, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+def _push_block_parallel(scores, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+    for q in prange(scores.shape[0]):
+        _push_rows(scores, q, first_row, keys, rows, count, threshold, k)
+
+
+def push_block(scores: np.ndarray, first_row: int, keys: np.ndarray, rows: np.ndarray, count: np.ndarray,
+               threshold: np.ndarray, k: int) -> None:
     """Offer a (nq, m) block of scores for rows ``first_row..first_row+m`` (part 0)."""
-    nq, m = scores.shape
-    for q in prange(nq):
-        for i in range(m):
-            if scores[q, i] > threshold[0, q]:
-                push(keys, rows, count, threshold, 0, q, scores[q, i], first_row + i, k)
+    push = _push_block_parallel if len(scores) >= PARALLEL_QUERIES else _push_block_serial
+    push(scores, first_row, keys, rows, count, threshold, k)
+
+
+@njit(cache=True)
+def _merge_query(keys, rows, count, q, k, out_keys, out_rows):  # type: ignore[no-untyped-def]
+    total = 0
+    for p in range(keys.shape[0]):
+        total += count[p, q]
+    all_keys = np.empty(total, dtype=keys.dtype)
+    all_rows = np.empty(total, dtype=np.int64)
+    at = 0
+    for p in range(keys.shape[0]):
+        c = count[p, q]
+        all_keys[at:at + c] = keys[p, q, :c]
+        all_rows[at:at + c] = rows[p, q, :c]
+        at += c
+    by_row = np.argsort(all_rows)
+    order = by_row[np.argsort(-all_keys[by_row], kind="mergesort")]
+    for i in range(min(k, total)):
+        out_keys[q, i] = all_keys[order[i]]
+        out_rows[q, i] = all_rows[order[i]]
+
+
+@njit(cache=True)
+def _finish_serial(keys, rows, count, out_keys, out_rows):  # type: ignore[no-untyped-def]
+    for q in range(keys.shape[1]):
+        _merge_query(keys, rows, count, q, out_keys.shape[1], out_keys, out_rows)
 
 
 @njit(parallel=True, cache=True)
-def finish(keys, rows, count, k, pad):  # type: ignore[no-untyped-def]
+def _finish_parallel(keys, rows, count, out_keys, out_rows):  # type: ignore[no-untyped-def]
+    for q in prange(keys.shape[1]):
+        _merge_query(keys, rows, count, q, out_keys.shape[1], out_keys, out_rows)
+
+
+def finish(keys: np.ndarray, rows: np.ndarray, count: np.ndarray, k: int, pad: float) -> tuple[np.ndarray, np.ndarray]:
     """Merge every part's buffer per query: (keys, rows) (nq, k), key descending then row ascending;
     missing entries are (``pad``, -1)."""
-    parts, nq, _ = keys.shape
-    out_keys = np.full((nq, k), pad, dtype=keys.dtype)
-    out_rows = np.full((nq, k), -1, dtype=np.int64)
-    for q in prange(nq):
-        total = 0
-        for p in range(parts):
-            total += count[p, q]
-        all_keys = np.empty(total, dtype=keys.dtype)
-        all_rows = np.empty(total, dtype=np.int64)
-        at = 0
-        for p in range(parts):
-            c = count[p, q]
-            all_keys[at:at + c] = keys[p, q, :c]
-            all_rows[at:at + c] = rows[p, q, :c]
-            at += c
-        by_row = np.argsort(all_rows)
-        order = by_row[np.argsort(-all_keys[by_row], kind="mergesort")]
-        for i in range(min(k, total)):
-            out_keys[q, i] = all_keys[order[i]]
-            out_rows[q, i] = all_rows[order[i]]
+    out_keys = np.full((keys.shape[1], k), pad, dtype=keys.dtype)
+    out_rows = np.full((keys.shape[1], k), -1, dtype=np.int64)
+    merge = _finish_parallel if keys.shape[1] >= PARALLEL_QUERIES else _finish_serial
+    merge(keys, rows, count, out_keys, out_rows)
     return out_keys, out_rows
