@@ -134,7 +134,7 @@ def faiss_search(index: faiss.Index, k: int) -> Search:
     return lambda queries: index.search(queries, k)
 
 
-def op_hamming(n: int, k: int) -> Op:
+def op_hamming(n: int, k: int) -> list[Op]:
     bits = encoded(n, sign_bits)
     prepared = kernels.prepare_bits(bits)
     index = faiss.IndexBinaryFlat(bits.shape[1] * 8)
@@ -148,21 +148,24 @@ def op_hamming(n: int, k: int) -> Op:
 
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 0.0, "hamming", larger_better=False)
-    return Op("hamming", ours, [("faiss.IndexBinaryFlat", peer, check)], bits.shape[1])
+    return [Op("hamming", ours, [("faiss.IndexBinaryFlat", peer, check)], bits.shape[1])]
 
 
-def op_binary_asym(n: int, k: int) -> Op:
+def op_binary_asym(n: int, k: int) -> list[Op]:
     codes = encoded(n, sign_bits)
-    index = pq_with_levels(byte_levels(np.tile([-1.0, 1.0], (384, 1)), 1), codes)
+    packed = kernels.PackedCodes(codes, np.tile([-1.0, 1.0], (384, 1)), 1)
+    index = pq_with_levels(byte_levels(packed.levels, 1), codes)
 
     def ours(queries: np.ndarray, threads: int) -> Result:
-        tables = np.stack([np.zeros_like(queries), 2 * queries], axis=2)
-        return kernels.lut_topk(kernels.build_luts(tables, 1), codes, k, query_offset=-queries.sum(axis=1),
-                                threads=threads)
+        return kernels.dot_topk(queries, packed, k, threads=threads)
+
+    def ours_lut(queries: np.ndarray, threads: int) -> Result:
+        return kernels.lut_topk(kernels.build_luts(packed.tables(queries), 1), codes, k, threads=threads)
 
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 1e-5, "binary_asym vs IndexPQ with +/-1 levels")
-    return Op("binary_asym", ours, [("faiss.IndexPQ 48x8", faiss_search(index, k), check)], codes.shape[1])
+    peers = [("faiss.IndexPQ 48x8", faiss_search(index, k), check)]
+    return [Op("binary_asym", ours, peers, codes.shape[1]), Op("binary_asym_lut_only", ours_lut, peers, codes.shape[1])]
 
 
 def lloyd_max_gauss_calibration(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +174,7 @@ def lloyd_max_gauss_calibration(n: int) -> tuple[np.ndarray, np.ndarray]:
     return fit.median(sample).astype(np.float64), np.where(sigma > 0, sigma, 1.0)
 
 
-def op_lloyd_max_gauss(n: int, k: int) -> Op:
+def op_lloyd_max_gauss(n: int, k: int) -> list[Op]:
     median, sigma = lloyd_max_gauss_calibration(n)
     table = median[:, None] + sigma[:, None] * GAUSS_LEVELS[None, :]
 
@@ -186,9 +189,13 @@ def op_lloyd_max_gauss(n: int, k: int) -> Op:
         sq.add(chunk)
     sq_codes = faiss.vector_to_array(sq.codes).reshape(n, -1)
 
+    packed = kernels.PackedCodes(codes, table, 2)
+
     def ours(queries: np.ndarray, threads: int) -> Result:
-        tables = queries.astype(np.float64)[:, :, None] * table[None]
-        return kernels.lut_topk(kernels.build_luts(tables, 2), codes, k, threads=threads)
+        return kernels.dot_topk(queries, packed, k, threads=threads)
+
+    def ours_lut(queries: np.ndarray, threads: int) -> Result:
+        return kernels.lut_topk(kernels.build_luts(packed.tables(queries), 2), codes, k, threads=threads)
 
     def check_pq(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 1e-5, "lloyd_max_gauss vs IndexPQ with its levels")
@@ -200,8 +207,8 @@ def op_lloyd_max_gauss(n: int, k: int) -> Op:
         unpacked = lambda s, e: table[np.arange(384), unpack_2bit(codes[s:e])]  # noqa: E731
         same_neighbours((a[0][few], a[1][few]), exact_topk(queries[few], unpacked, n, k), 1e-5,
                         "lloyd_max_gauss vs its float64 reference")
-    return Op("lloyd_max_gauss", ours, [("faiss.IndexSQ QT_4bit", faiss_search(sq, k), check_sq),
-                                        ("faiss.IndexPQ 96x8", faiss_search(pq, k), check_pq)], codes.shape[1])
+    peers = [("faiss.IndexSQ QT_4bit", faiss_search(sq, k), check_sq), ("faiss.IndexPQ 96x8", faiss_search(pq, k), check_pq)]
+    return [Op("lloyd_max_gauss", ours, peers, codes.shape[1]), Op("lloyd_max_gauss_lut_only", ours_lut, peers, codes.shape[1])]
 
 
 def unpack_2bit(packed: np.ndarray) -> np.ndarray:
@@ -209,7 +216,7 @@ def unpack_2bit(packed: np.ndarray) -> np.ndarray:
     return ((packed[:, :, None] >> shifts) & 3).reshape(len(packed), -1)
 
 
-def op_int8(n: int, k: int) -> Op:
+def op_int8(n: int, k: int) -> list[Op]:
     sample = fit.calibration_sample(np.concatenate(list(synthetic(min(n, 100_000), 1))))
     low, high = sample.min(axis=0).astype(np.float64), sample.max(axis=0).astype(np.float64)
     step = np.where(high > low, (high - low) / 255.0, 1.0)
@@ -225,10 +232,10 @@ def op_int8(n: int, k: int) -> Op:
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         constant = queries.astype(np.float64) @ low + 128 * (queries.astype(np.float64) @ step)
         same_neighbours(a, (b[0] - constant[:, None], b[1]), 1e-4, "int8_asym vs QT_8bit with its min/step")
-    return Op("int8_asym", ours, [("faiss.IndexSQ QT_8bit", faiss_search(index, k), check)], 384)
+    return [Op("int8_asym", ours, [("faiss.IndexSQ QT_8bit", faiss_search(index, k), check)], 384)]
 
 
-def op_float32(n: int, k: int) -> Op:
+def op_float32(n: int, k: int) -> list[Op]:
     docs = encoded(n, lambda x: x)
     index = faiss.IndexFlatIP(384)
     index.add(docs)
@@ -248,9 +255,9 @@ def op_float32(n: int, k: int) -> Op:
 
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 1e-5, "float32 vs IndexFlatIP")
-    return Op("float32", ours, [("faiss.IndexFlatIP BLAS", peer(1), check),
-                                (f"faiss.IndexFlatIP default (BLAS from {default_threshold} queries)",
-                                 peer(default_threshold), check)], 384 * 4)
+    return [Op("float32", ours, [("faiss.IndexFlatIP BLAS", peer(1), check),
+                                 (f"faiss.IndexFlatIP default (BLAS from {default_threshold} queries)",
+                                  peer(default_threshold), check)], 384 * 4)]
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -347,7 +354,7 @@ def calibrate_encode(n: int) -> list[dict]:
     return rows
 
 
-OPS = {"hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
+OPS: dict[str, Callable[[int, int], list[Op]]] = {"hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
        "int8_asym": op_int8, "float32": op_float32}
 
 
@@ -370,7 +377,7 @@ def main() -> None:
 
     for lib in threadpool_info():
         print(f"# {lib['internal_api']} {lib.get('version')} {lib.get('architecture', '')} {Path(lib['filepath']).name}")
-    print(f"# numba {numba.__version__} threading layer after first launch; faiss {faiss.__version__}")
+    print(f"# numba {numba.__version__}, faiss {faiss.__version__}, numpy {np.__version__}")
     bandwidth = {t: read_bandwidth(t) for t in args.threads}
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {b / 1e9:.1f} GB/s" for t, b in bandwidth.items()))
     print(f"# threading layer {numba.threading_layer()}; ratio = peer_s / ours_s; times are medians, seconds per call")
@@ -386,14 +393,19 @@ def main() -> None:
                 if name == "float32" and n * 384 * 4 * 2 > 16 << 30:
                     print(f"{name}: skipped at {n} docs (ours + faiss copy exceed 16 GiB)")
                     continue
-                op, rows = OPS[name](n, args.k), []
-                for threads in args.threads:
-                    numba.set_num_threads(threads)
-                    faiss.omp_set_num_threads(threads)
-                    rows += time_op(op, queries, n, threads, bandwidth[threads], args.repeats)
-                del op
-            for row in rows:
-                print_row(row)
+                ops, rows = OPS[name](n, args.k), []
+                for op in ops:
+                    for threads in args.threads:
+                        numba.set_num_threads(threads)
+                        faiss.omp_set_num_threads(threads)
+                        timed = time_op(op, queries, n, threads, bandwidth[threads], args.repeats)
+                        for row in timed:
+                            print_row(row)
+                        rows += timed
+                del ops
+            if name == "calibrate_encode":
+                for row in rows:
+                    print_row(row)
             results += rows
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vespa_quant.engine import kernels
+from vespa_quant.engine import kernels, lut16
 from vespa_quant.errors import VespaQuantError
 
 RNG = np.random.default_rng(11)
@@ -246,16 +246,17 @@ def test_dot_rejects_other_cells() -> None:
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-@pytest.mark.parametrize("n_queries", [1, 9], ids=["lookup-tables", "gemm"])
+@pytest.mark.parametrize("n_queries", [1, 9])
+@pytest.mark.parametrize("path", ["auto", "tables", "gemm"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_packed_codes_score_their_reconstruction(bits: int, n_queries: int, threads: int) -> None:
+def test_packed_codes_score_their_reconstruction(bits: int, n_queries: int, path: str, threads: int) -> None:
     """``q . levels[i, code_i]`` whichever path: binary_asym is levels [-1, +1], 2-bit methods their table."""
     dim, n_docs, k = 97, 900, 30
     levels = np.sort(RNG.standard_normal((dim, 1 << bits)), axis=1)
     codes = RNG.integers(0, 1 << bits, (n_docs, dim))
     packed = kernels.PackedCodes(kernels.pack_codes(codes, bits), levels, bits)
     queries = RNG.standard_normal((n_queries, dim)).astype(np.float32)
-    scores, rows = kernels.dot_topk(queries, packed, k, threads=threads)
+    scores, rows = kernels.dot_topk(queries, packed, k, threads=threads, path=path)
     reconstruction = levels.astype(np.float32).astype(np.float64)[np.arange(dim), codes]
     assert_same_topk(scores, rows, queries.astype(np.float64) @ reconstruction.T, k)
 
@@ -265,3 +266,19 @@ def test_packed_codes_check_their_shape() -> None:
         kernels.PackedCodes(np.zeros((5, 12), np.uint8), np.zeros((97, 2)), 1)
     with pytest.raises(VespaQuantError, match=r"levels must be \(d, 4\)"):
         kernels.PackedCodes(np.zeros((5, 25), np.uint8), np.zeros((97, 2)), 2)
+
+
+@pytest.mark.skipif(not lut16.AVAILABLE, reason="register lookup tables need AVX-512")
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+@pytest.mark.parametrize("n_docs", [1, 31, 1000])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_register_tables_match_byte_tables_with_exact_ties(bits: int, n_docs: int, threads: int) -> None:
+    """Integer tables: every sum is exact, so scores, order and the lowest-row tie rule must agree."""
+    dim, k = 97, 40
+    tables = RNG.integers(-3, 4, (5, dim, 1 << bits)).astype(np.float64)
+    packed = kernels.pack_codes(RNG.integers(0, 1 << bits, (n_docs, dim)), bits)
+    got = lut16.nibble_topk(lut16.nibble_luts(tables, bits), lut16.prepare_nibbles(packed), n_docs, k,
+                            threads=threads)
+    want = kernels.lut_topk(kernels.build_luts(tables, bits), packed, k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])

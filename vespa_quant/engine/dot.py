@@ -8,15 +8,15 @@ go through the streaming top-k of :mod:`vespa_quant.engine.topk`, so memory stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
-from vespa_quant.engine import lut, topk
+from vespa_quant.engine import lut, lut16, topk
 from vespa_quant.errors import VespaQuantError
 
 DOT_BLOCK_ROWS = 8192
@@ -89,6 +89,8 @@ class PackedCodes:
     codes: np.ndarray
     levels: np.ndarray
     bits: int
+    nibbles: np.ndarray | None = field(init=False, default=None)
+    """The codes laid out for :mod:`.lut16` (a second copy), where this CPU can run it."""
 
     def __post_init__(self) -> None:
         stored, per = lut.dims_per_byte(self.bits)
@@ -100,6 +102,8 @@ class PackedCodes:
             raise VespaQuantError(f"codes {codes.shape} do not pack {len(levels)} dims at {self.bits} bits")
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "codes", codes)
+        if lut16.AVAILABLE and stored <= 4:
+            object.__setattr__(self, "nibbles", lut16.prepare_nibbles(codes))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -210,8 +214,16 @@ def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: in
     return topk.finish(*state[:3], k, np.float32(-np.inf))
 
 
-def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *,
-             threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _tables_topk(queries: np.ndarray, docs: PackedCodes, k: int, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+    tables = docs.tables(queries)
+    if docs.nibbles is not None:
+        return lut16.nibble_topk(lut16.nibble_luts(tables, docs.bits), docs.nibbles, len(docs.codes), k,
+                                 threads=threads)
+    return lut.lut_topk(lut.build_luts(tables, docs.bits), docs.codes, k, threads=threads)
+
+
+def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, threads: int | None = None,
+             path: Literal["auto", "tables", "gemm"] = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` documents by ``q . v``: (scores float32 (nq, k) descending, rows int64), ties by
     lowest row; missing entries (k > n_docs) are (-inf, -1).
 
@@ -219,14 +231,21 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *,
     uint16 holding bfloat16 bit patterns, or :class:`PackedCodes`. ``threads`` caps the BLAS and
     numba threads of the call. From :data:`DIRECT_QUERIES` queries on, blocks are decoded to
     float32 once and multiplied by all queries in one GEMM; below, each row is dotted with each
-    query directly (packed codes: through lookup tables, :func:`.lut.lut_topk`).
+    query directly. Packed codes of at most 4 bits go through register lookup tables
+    (:mod:`.lut16`) whenever the CPU has them -- faster than the GEMM even for a batch -- and
+    otherwise through byte lookup tables (:mod:`.lut`) below :data:`DIRECT_QUERIES` queries;
+    ``path`` forces "tables" or "gemm" (for measurements).
     """
     topk.check_k(k)
+    if path not in ("auto", "tables", "gemm"):
+        raise VespaQuantError(f"path must be auto, tables or gemm, got {path!r}")
     queries, docs = _check(queries, docs)
-    if isinstance(docs, PackedCodes) and len(queries) < DIRECT_QUERIES:
-        return lut.lut_topk(lut.build_luts(docs.tables(queries), docs.bits), docs.codes, k, threads=threads)
+    if isinstance(docs, PackedCodes):
+        tables = docs.nibbles is not None or len(queries) < DIRECT_QUERIES
+        if path == "tables" or (path == "auto" and tables):
+            return _tables_topk(queries, docs, k, threads)
     parts = topk.threads_for(threads, docs.shape[0])
-    if len(queries) < DIRECT_QUERIES:
+    if isinstance(docs, np.ndarray) and len(queries) < DIRECT_QUERIES:
         with topk.LAUNCH_LOCK:
             return _direct(queries, docs, k, parts)
     results = []
