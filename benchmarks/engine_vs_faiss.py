@@ -84,8 +84,15 @@ def same_neighbours(ours: Result, peer: Result, tol: float, what: str, larger_be
             raise SystemExit(f"{what}: query {q} neighbours differ beyond ties")
 
 
-def exact_topk(queries: np.ndarray, decode: Callable[[int, int], np.ndarray], n: int, k: int) -> Result:
-    """float64 reference: top-k of ``queries @ decode(start, stop).T`` over blocks."""
+_REFERENCES: dict[tuple[str, bytes], Result] = {}
+
+
+def exact_topk(queries: np.ndarray, decode: Callable[[int, int], np.ndarray], n: int, k: int,
+               name: str = "") -> Result:
+    """float64 reference: top-k of ``queries @ decode(start, stop).T`` over blocks (memoised by name)."""
+    key = (name, queries.tobytes())
+    if name and key in _REFERENCES:
+        return _REFERENCES[key]
     best_s = np.full((len(queries), 0), -np.inf)
     best_r = np.zeros((len(queries), 0), dtype=np.int64)
     for start in range(0, n, CHUNK):
@@ -94,6 +101,8 @@ def exact_topk(queries: np.ndarray, decode: Callable[[int, int], np.ndarray], n:
         r = np.concatenate([best_r, np.broadcast_to(np.arange(start, stop), (len(queries), stop - start))], axis=1)
         keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
         best_s, best_r = np.take_along_axis(s, keep, axis=1), np.take_along_axis(r, keep, axis=1)
+    if name:
+        _REFERENCES[key] = (best_s, best_r)
     return best_s, best_r
 
 
@@ -101,11 +110,16 @@ def exact_topk(queries: np.ndarray, decode: Callable[[int, int], np.ndarray], n:
 
 @dataclass
 class Op:
-    name: str
-    ours: Ours
-    """(queries, threads) -> (scores, rows): the one call the engine will make."""
+    """One kind of scan: our variants (name -> the one call the engine makes), the peers with the
+    check that ties each peer's answer to ours, and the code bytes a scan reads per document."""
+
+    ours: dict[str, Ours]
     peers: list[tuple[str, Search, Callable[[Result, Result, np.ndarray], None]]]
     bytes_per_doc: int
+    fastest_peer_only: bool = False
+    """Report only the fastest peer (the same index on two of faiss' code paths)."""
+    batch_only: tuple[str, ...] = ()
+    """Variants timed only on the batch (a forced path the engine never takes for one query)."""
 
 
 def sign_bits(x: np.ndarray) -> np.ndarray:
@@ -134,7 +148,7 @@ def faiss_search(index: faiss.Index, k: int) -> Search:
     return lambda queries: index.search(queries, k)
 
 
-def op_hamming(n: int, k: int) -> list[Op]:
+def op_hamming(n: int, k: int) -> Op:
     bits = encoded(n, sign_bits)
     prepared = kernels.prepare_bits(bits)
     index = faiss.IndexBinaryFlat(bits.shape[1] * 8)
@@ -148,24 +162,33 @@ def op_hamming(n: int, k: int) -> list[Op]:
 
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 0.0, "hamming", larger_better=False)
-    return [Op("hamming", ours, [("faiss.IndexBinaryFlat", peer, check)], bits.shape[1])]
+    return Op({"hamming": ours}, [("faiss.IndexBinaryFlat", peer, check)], bits.shape[1])
 
 
-def op_binary_asym(n: int, k: int) -> list[Op]:
+def op_binary_asym(n: int, k: int) -> Op:
     codes = encoded(n, sign_bits)
     packed = kernels.PackedCodes(codes, np.tile([-1.0, 1.0], (384, 1)), 1)
     index = pq_with_levels(byte_levels(packed.levels, 1), codes)
 
-    def ours(queries: np.ndarray, threads: int) -> Result:
-        return kernels.dot_topk(queries, packed, k, threads=threads)
-
-    def ours_lut(queries: np.ndarray, threads: int) -> Result:
-        return kernels.lut_topk(kernels.build_luts(packed.tables(queries), 1), codes, k, threads=threads)
-
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 1e-5, "binary_asym vs IndexPQ with +/-1 levels")
-    peers = [("faiss.IndexPQ 48x8", faiss_search(index, k), check)]
-    return [Op("binary_asym", ours, peers, codes.shape[1]), Op("binary_asym_lut_only", ours_lut, peers, codes.shape[1])]
+    return Op(packed_variants("binary_asym", packed, k), [("faiss.IndexPQ 48x8", faiss_search(index, k), check)],
+              codes.shape[1], batch_only=("binary_asym[gemm]",))
+
+
+def packed_variants(name: str, packed: kernels.PackedCodes, k: int) -> dict[str, Ours]:
+    """The engine's call (``name``) and, for comparison, each path forced: GEMM on decoded blocks and
+    byte lookup tables (the path of CPUs without AVX-512)."""
+    def auto(queries: np.ndarray, threads: int) -> Result:
+        return kernels.dot_topk(queries, packed, k, threads=threads)
+
+    def gemm(queries: np.ndarray, threads: int) -> Result:
+        return kernels.dot_topk(queries, packed, k, threads=threads, path="gemm")
+
+    def byte_tables(queries: np.ndarray, threads: int) -> Result:
+        luts = kernels.build_luts(packed.tables(queries), packed.bits)
+        return kernels.lut_topk(luts, packed.codes, k, threads=threads)
+    return {name: auto, f"{name}[gemm]": gemm, f"{name}[byte-luts]": byte_tables}
 
 
 def lloyd_max_gauss_calibration(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +197,7 @@ def lloyd_max_gauss_calibration(n: int) -> tuple[np.ndarray, np.ndarray]:
     return fit.median(sample).astype(np.float64), np.where(sigma > 0, sigma, 1.0)
 
 
-def op_lloyd_max_gauss(n: int, k: int) -> list[Op]:
+def op_lloyd_max_gauss(n: int, k: int) -> Op:
     median, sigma = lloyd_max_gauss_calibration(n)
     table = median[:, None] + sigma[:, None] * GAUSS_LEVELS[None, :]
 
@@ -191,24 +214,19 @@ def op_lloyd_max_gauss(n: int, k: int) -> list[Op]:
 
     packed = kernels.PackedCodes(codes, table, 2)
 
-    def ours(queries: np.ndarray, threads: int) -> Result:
-        return kernels.dot_topk(queries, packed, k, threads=threads)
-
-    def ours_lut(queries: np.ndarray, threads: int) -> Result:
-        return kernels.lut_topk(kernels.build_luts(packed.tables(queries), 2), codes, k, threads=threads)
-
     def check_pq(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 1e-5, "lloyd_max_gauss vs IndexPQ with its levels")
 
     def check_sq(a: Result, b: Result, queries: np.ndarray) -> None:
         few = slice(0, min(8, len(queries)))
-        reference = exact_topk(queries[few], lambda s, e: sq.sa_decode(sq_codes[s:e]), n, k)
+        reference = exact_topk(queries[few], lambda s, e: sq.sa_decode(sq_codes[s:e]), n, k, f"sq4 {n}")
         same_neighbours((b[0][few], b[1][few]), reference, 1e-5, "QT_4bit vs its own float64 reference")
         unpacked = lambda s, e: table[np.arange(384), unpack_2bit(codes[s:e])]  # noqa: E731
-        same_neighbours((a[0][few], a[1][few]), exact_topk(queries[few], unpacked, n, k), 1e-5,
+        same_neighbours((a[0][few], a[1][few]), exact_topk(queries[few], unpacked, n, k, f"lloyd {n}"), 1e-5,
                         "lloyd_max_gauss vs its float64 reference")
     peers = [("faiss.IndexSQ QT_4bit", faiss_search(sq, k), check_sq), ("faiss.IndexPQ 96x8", faiss_search(pq, k), check_pq)]
-    return [Op("lloyd_max_gauss", ours, peers, codes.shape[1]), Op("lloyd_max_gauss_lut_only", ours_lut, peers, codes.shape[1])]
+    return Op(packed_variants("lloyd_max_gauss", packed, k), peers, codes.shape[1],
+              batch_only=("lloyd_max_gauss[gemm]",))
 
 
 def unpack_2bit(packed: np.ndarray) -> np.ndarray:
@@ -216,7 +234,7 @@ def unpack_2bit(packed: np.ndarray) -> np.ndarray:
     return ((packed[:, :, None] >> shifts) & 3).reshape(len(packed), -1)
 
 
-def op_int8(n: int, k: int) -> list[Op]:
+def op_int8(n: int, k: int) -> Op:
     sample = fit.calibration_sample(np.concatenate(list(synthetic(min(n, 100_000), 1))))
     low, high = sample.min(axis=0).astype(np.float64), sample.max(axis=0).astype(np.float64)
     step = np.where(high > low, (high - low) / 255.0, 1.0)
@@ -232,10 +250,10 @@ def op_int8(n: int, k: int) -> list[Op]:
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         constant = queries.astype(np.float64) @ low + 128 * (queries.astype(np.float64) @ step)
         same_neighbours(a, (b[0] - constant[:, None], b[1]), 1e-4, "int8_asym vs QT_8bit with its min/step")
-    return [Op("int8_asym", ours, [("faiss.IndexSQ QT_8bit", faiss_search(index, k), check)], 384)]
+    return Op({"int8_asym": ours}, [("faiss.IndexSQ QT_8bit", faiss_search(index, k), check)], 384)
 
 
-def op_float32(n: int, k: int) -> list[Op]:
+def op_float32(n: int, k: int) -> Op:
     docs = encoded(n, lambda x: x)
     index = faiss.IndexFlatIP(384)
     index.add(docs)
@@ -255,9 +273,9 @@ def op_float32(n: int, k: int) -> list[Op]:
 
     def check(a: Result, b: Result, queries: np.ndarray) -> None:
         same_neighbours(a, b, 1e-5, "float32 vs IndexFlatIP")
-    return [Op("float32", ours, [("faiss.IndexFlatIP BLAS", peer(1), check),
-                                 (f"faiss.IndexFlatIP default (BLAS from {default_threshold} queries)",
-                                  peer(default_threshold), check)], 384 * 4)]
+    return Op({"float32": ours}, [("faiss.IndexFlatIP BLAS", peer(1), check),
+                                  (f"faiss.IndexFlatIP default (BLAS from {default_threshold} queries)",
+                                   peer(default_threshold), check)], 384 * 4, fastest_peer_only=True)
 
 
 # --- timing --------------------------------------------------------------------------------
@@ -294,26 +312,34 @@ def interleaved(ours: Callable[[], object], peer: Callable[[], object], repeats:
 
 
 def time_op(op: Op, queries: np.ndarray, n: int, threads: int, bandwidth: float, repeats: int) -> list[dict]:
+    """Check every variant against every peer, then time them in interleaved rounds."""
     rows = []
     for batch in (len(queries), 1):
-        single = [queries[i:i + 1] for i in range(repeats)]
-        ours_result = op.ours(queries, threads)
-        timed_peers = []
-        for name, peer, check in op.peers:
-            check(ours_result, peer(queries), queries)
-            if batch == 1:
-                ours_s, peer_s = interleaved(lambda: [op.ours(q, threads) for q in single],
-                                                 lambda: [peer(q) for q in single], 3)
-                ours_s, peer_s = ours_s / repeats, peer_s / repeats
-            else:
-                ours_s, peer_s = interleaved(lambda: op.ours(queries, threads), lambda: peer(queries), repeats)
-            timed_peers.append((name, ours_s, peer_s))
-        if op.name == "float32":  # the faster of faiss' two paths is the peer
-            timed_peers = [min(timed_peers, key=lambda t: t[2])]
-        for name, ours_s, peer_s in timed_peers:
-            rows.append({"op": op.name, "n_docs": n, "threads": threads, "batch": batch, "ours_s": ours_s,
-                         "peer": name, "peer_s": peer_s, "ratio": peer_s / ours_s,
-                         "bandwidth_fraction": n * op.bytes_per_doc / ours_s / bandwidth})
+        calls = [queries] if batch > 1 else [queries[i:i + 1] for i in range(3 * repeats)]
+        variants = {name: v for name, v in op.ours.items() if batch > 1 or name not in op.batch_only}
+        for variant in variants.values():
+            for _, peer, check in op.peers:
+                for call in calls[:3]:
+                    check(variant(call, threads), peer(call), call)
+        timed: dict[str, Callable[[np.ndarray], object]] = {
+            **{name: (lambda q, v=variant: v(q, threads)) for name, variant in variants.items()},
+            **{name: peer for name, peer, _ in op.peers}}
+        times: dict[str, list[float]] = {name: [] for name in timed}
+        for _ in range(repeats if batch > 1 else 3):
+            for name, work in timed.items():
+                started = time.perf_counter()
+                for call in calls:
+                    work(call)
+                times[name].append((time.perf_counter() - started) / len(calls))
+        median = {name: statistics.median(t) for name, t in times.items()}
+        peers = [name for name, _, _ in op.peers]
+        if op.fastest_peer_only:
+            peers = [min(peers, key=median.__getitem__)]
+        for name in variants:
+            for peer in peers:
+                rows.append({"op": name, "n_docs": n, "threads": threads, "batch": batch, "ours_s": median[name],
+                             "peer": peer, "peer_s": median[peer], "ratio": median[peer] / median[name],
+                             "bandwidth_fraction": n * op.bytes_per_doc / median[name] / bandwidth})
     return rows
 
 
@@ -354,13 +380,13 @@ def calibrate_encode(n: int) -> list[dict]:
     return rows
 
 
-OPS: dict[str, Callable[[int, int], list[Op]]] = {"hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
+OPS: dict[str, Callable[[int, int], Op]] = {"hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
        "int8_asym": op_int8, "float32": op_float32}
 
 
 def print_row(row: dict) -> None:
     fraction = "" if row["bandwidth_fraction"] is None else f"{row['bandwidth_fraction']:9.3f}"
-    print(f"{row['op']:24s} {row['n_docs']:>9d} {row['threads']:>2d} {row['batch']:>7d} {row['ours_s']:10.5f} "
+    print(f"{row['op']:27s} {row['n_docs']:>9d} {row['threads']:>2d} {row['batch']:>7d} {row['ours_s']:10.5f} "
           f"{row['peer_s']:10.5f} {row['ratio']:7.2f} {fraction:>9s}  {row['peer']}", flush=True)
 
 
@@ -381,7 +407,7 @@ def main() -> None:
     bandwidth = {t: read_bandwidth(t) for t in args.threads}
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {b / 1e9:.1f} GB/s" for t, b in bandwidth.items()))
     print(f"# threading layer {numba.threading_layer()}; ratio = peer_s / ours_s; times are medians, seconds per call")
-    print(f"{'op':24s} {'n_docs':>9s} {'th':>2s} {'batch':>7s} {'ours_s':>10s} {'peer_s':>10s} {'ratio':>7s} "
+    print(f"{'op':27s} {'n_docs':>9s} {'th':>2s} {'batch':>7s} {'ours_s':>10s} {'peer_s':>10s} {'ratio':>7s} "
           f"{'bw_frac':>9s}  peer")
     queries = next(synthetic(args.queries, 2))
     results: list[dict] = []
@@ -393,16 +419,15 @@ def main() -> None:
                 if name == "float32" and n * 384 * 4 * 2 > 16 << 30:
                     print(f"{name}: skipped at {n} docs (ours + faiss copy exceed 16 GiB)")
                     continue
-                ops, rows = OPS[name](n, args.k), []
-                for op in ops:
-                    for threads in args.threads:
-                        numba.set_num_threads(threads)
-                        faiss.omp_set_num_threads(threads)
-                        timed = time_op(op, queries, n, threads, bandwidth[threads], args.repeats)
-                        for row in timed:
-                            print_row(row)
-                        rows += timed
-                del ops
+                op, rows = OPS[name](n, args.k), []
+                for threads in args.threads:
+                    numba.set_num_threads(threads)
+                    faiss.omp_set_num_threads(threads)
+                    timed = time_op(op, queries, n, threads, bandwidth[threads], args.repeats)
+                    for row in timed:
+                        print_row(row)
+                    rows += timed
+                del op
             if name == "calibrate_encode":
                 for row in rows:
                     print_row(row)
