@@ -62,16 +62,23 @@ def build_luts(tables: np.ndarray, bits: int) -> np.ndarray:
     tables = np.asarray(tables)
     if tables.ndim != 3 or tables.shape[2] != 1 << bits:
         raise VespaQuantError(f"tables must be (nq, d, {1 << bits}) for {bits} bits, got shape {tables.shape}")
+    return fold_tables(tables, stored, per, -(-tables.shape[1] // per)).astype(np.float32)
+
+
+def fold_tables(tables: np.ndarray, stored: int, per: int, groups: int) -> np.ndarray:
+    """(nq, d, levels) -> (nq, groups, 2**(stored*per)) float64: entry ``v`` of group ``g`` sums the
+    tables of dimensions ``g*per .. g*per+per-1`` at the codes packed in ``v``, first dimension in
+    the high bits. Built one dimension at a time from the last, each step prepending the next
+    higher code field, so 256 entries cost ~2 x 256 additions (not 256 x per) with numpy's inner
+    loop running over the entries built so far."""
     nq, d, levels = tables.shape
-    nbytes = -(-d // per)
-    padded = np.zeros((nq, nbytes * per, 1 << stored), dtype=np.float64)
+    padded = np.zeros((nq, groups * per, 1 << stored), dtype=np.float64)
     padded[:, :d, :levels] = tables
-    values = np.arange(256)
-    luts = np.zeros((nq, nbytes, 256), dtype=np.float64)
-    for t in range(per):
-        code = (values >> (8 - stored * (t + 1))) & ((1 << stored) - 1)
-        luts += padded[:, t::per, :][:, :, code]
-    return luts.astype(np.float32)
+    grouped = padded.reshape(nq, groups, per, 1 << stored)
+    folded = grouped[:, :, per - 1, :]
+    for t in range(per - 2, -1, -1):
+        folded = (grouped[:, :, t, :, None] + folded[:, :, None, :]).reshape(nq, groups, -1)
+    return folded
 
 
 @njit(cache=True)

@@ -97,16 +97,8 @@ def nibble_luts(tables: np.ndarray, bits: int) -> np.ndarray:
     if stored == 8:
         raise VespaQuantError("nibble tables need codes of at most 4 bits")
     tables = np.asarray(tables)
-    nq, d, levels = tables.shape
-    per_nibble = per_byte // 2
-    n_words = -(-(-(-d // per_byte)) // 4)
-    padded = np.zeros((nq, n_words * 8 * per_nibble, 1 << stored))
-    padded[:, :d, :levels] = tables
-    values = np.arange(16)
-    by_nibble = np.zeros((nq, n_words * 8, 16))
-    for t in range(per_nibble):
-        code = (values >> (4 - stored * (t + 1))) & ((1 << stored) - 1)
-        by_nibble += padded[:, t::per_nibble, :][:, :, code]
+    n_words = -(-(-(-tables.shape[1] // per_byte)) // 4)
+    by_nibble = lut.fold_tables(tables, stored, per_byte // 2, n_words * 8)
     # nibble 2j is the high half of byte j; a little-endian word's shift 4s reads byte s // 2,
     # high half when s is odd
     shift = np.arange(8)
