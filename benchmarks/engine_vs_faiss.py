@@ -26,6 +26,7 @@ BLAS kernels in use are printed first. Run: ``python benchmarks/engine_vs_faiss.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -49,6 +50,8 @@ CHUNK = 65536
 Result = tuple[np.ndarray, np.ndarray]
 Search = Callable[[np.ndarray], Result]
 Ours = Callable[[np.ndarray, int], Result]
+Check = Callable[[Result, Result, np.ndarray], None]
+Peer = tuple[str, Search, Check]
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -114,7 +117,7 @@ class Op:
     check that ties each peer's answer to ours, and the code bytes a scan reads per document."""
 
     ours: dict[str, Ours]
-    peers: list[tuple[str, Search, Callable[[Result, Result, np.ndarray], None]]]
+    peers: list[Peer]
     bytes_per_doc: int
     fastest_peer_only: bool = False
     """Report only the fastest peer (the same index on two of faiss' code paths)."""
@@ -224,7 +227,8 @@ def op_lloyd_max_gauss(n: int, k: int) -> Op:
         unpacked = lambda s, e: table[np.arange(384), unpack_2bit(codes[s:e])]  # noqa: E731
         same_neighbours((a[0][few], a[1][few]), exact_topk(queries[few], unpacked, n, k, f"lloyd {n}"), 1e-5,
                         "lloyd_max_gauss vs its float64 reference")
-    peers = [("faiss.IndexSQ QT_4bit", faiss_search(sq, k), check_sq), ("faiss.IndexPQ 96x8", faiss_search(pq, k), check_pq)]
+    peers: list[Peer] = [("faiss.IndexSQ QT_4bit", faiss_search(sq, k), check_sq),
+                         ("faiss.IndexPQ 96x8", faiss_search(pq, k), check_pq)]
     return Op(packed_variants("lloyd_max_gauss", packed, k), peers, codes.shape[1],
               batch_only=("lloyd_max_gauss[gemm]",))
 
@@ -302,7 +306,8 @@ def read_bandwidth(threads: int) -> float:
 
 
 def interleaved(ours: Callable[[], object], peer: Callable[[], object], repeats: int) -> tuple[float, float]:
-    mine, theirs = [], []
+    mine: list[float] = []
+    theirs: list[float] = []
     for _ in range(repeats):
         for work, into in ((ours, mine), (peer, theirs)):
             started = time.perf_counter()
@@ -321,9 +326,9 @@ def time_op(op: Op, queries: np.ndarray, n: int, threads: int, bandwidth: float,
             for _, peer, check in op.peers:
                 for call in calls[:3]:
                     check(variant(call, threads), peer(call), call)
-        timed: dict[str, Callable[[np.ndarray], object]] = {
-            **{name: (lambda q, v=variant: v(q, threads)) for name, variant in variants.items()},
-            **{name: peer for name, peer, _ in op.peers}}
+        timed: dict[str, Callable[[np.ndarray], object]] = {name: peer for name, peer, _ in op.peers}
+        for name, variant in variants.items():
+            timed[name] = functools.partial(lambda q, v, t: v(q, t), v=variant, t=threads)
         times: dict[str, list[float]] = {name: [] for name in timed}
         for _ in range(repeats if batch > 1 else 3):
             for name, work in timed.items():
@@ -332,13 +337,14 @@ def time_op(op: Op, queries: np.ndarray, n: int, threads: int, bandwidth: float,
                     work(call)
                 times[name].append((time.perf_counter() - started) / len(calls))
         median = {name: statistics.median(t) for name, t in times.items()}
-        peers = [name for name, _, _ in op.peers]
+        peer_names = [name for name, _, _ in op.peers]
         if op.fastest_peer_only:
-            peers = [min(peers, key=median.__getitem__)]
+            peer_names = [min(peer_names, key=median.__getitem__)]
         for name in variants:
-            for peer in peers:
+            for peer_name in peer_names:
                 rows.append({"op": name, "n_docs": n, "threads": threads, "batch": batch, "ours_s": median[name],
-                             "peer": peer, "peer_s": median[peer], "ratio": median[peer] / median[name],
+                             "peer": peer_name, "peer_s": median[peer_name],
+                             "ratio": median[peer_name] / median[name],
                              "bandwidth_fraction": n * op.bytes_per_doc / median[name] / bandwidth})
     return rows
 
@@ -380,8 +386,9 @@ def calibrate_encode(n: int) -> list[dict]:
     return rows
 
 
-OPS: dict[str, Callable[[int, int], Op]] = {"hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
-       "int8_asym": op_int8, "float32": op_float32}
+OPS: dict[str, Callable[[int, int], Op]] = {
+    "hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
+    "int8_asym": op_int8, "float32": op_float32}
 
 
 def print_row(row: dict) -> None:
@@ -402,7 +409,8 @@ def main() -> None:
     args = parser.parse_args()
 
     for lib in threadpool_info():
-        print(f"# {lib['internal_api']} {lib.get('version')} {lib.get('architecture', '')} {Path(lib['filepath']).name}")
+        print(f"# {lib['internal_api']} {lib.get('version')} {lib.get('architecture', '')} "
+              f"{Path(lib['filepath']).name}")
     print(f"# numba {numba.__version__}, faiss {faiss.__version__}, numpy {np.__version__}")
     bandwidth = {t: read_bandwidth(t) for t in args.threads}
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {b / 1e9:.1f} GB/s" for t, b in bandwidth.items()))

@@ -172,7 +172,7 @@ def _blas_limit(threads: int | None):  # type: ignore[no-untyped-def]
     return _controller[0].limit(limits=threads, user_api="blas")
 
 
-def _check(queries: np.ndarray, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check(queries: np.ndarray, docs: np.ndarray | PackedCodes) -> tuple[np.ndarray, np.ndarray | PackedCodes]:
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if isinstance(docs, PackedCodes):
         if queries.ndim != 2 or queries.shape[1] != docs.shape[1]:
@@ -191,7 +191,7 @@ def _direct(queries: np.ndarray, docs: np.ndarray, k: int, parts: int) -> tuple[
         _direct_part(queries, docs, 0, len(docs), k, 0, *state)
     else:
         _direct_scan(queries, docs, k, parts, *state)
-    return topk.finish(*state[:3], k, np.float32(-np.inf))
+    return topk.finish(*state[:3], k, -np.inf)
 
 
 def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,15 +203,16 @@ def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: in
     scores = np.empty((len(queries), DOT_BLOCK_ROWS), dtype=np.float32)
     for start in range(0, n, DOT_BLOCK_ROWS):
         stop = min(start + DOT_BLOCK_ROWS, n)
-        if decoded is None:
+        if decoded is None and isinstance(docs, np.ndarray):
             block = docs[start:stop]
         else:
+            assert decoded is not None
             block = decoded[:stop - start]
             decode(start, block)
         out = scores if stop - start == DOT_BLOCK_ROWS else np.empty((len(queries), stop - start), np.float32)
         np.matmul(queries, block.T, out=out)
         topk.push_block(out, start, *state, k)
-    return topk.finish(*state[:3], k, np.float32(-np.inf))
+    return topk.finish(*state[:3], k, -np.inf)
 
 
 def _tables_topk(queries: np.ndarray, docs: PackedCodes, k: int, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -258,7 +259,9 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, thr
 def dot_scores_at(queries: np.ndarray, docs: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``q . v`` of the candidate ``rows`` (nq, m) of each query (float64 sums, float32 out);
     -1 -> -inf. The rescoring phase of a two-phase search: reads only the candidates' vectors."""
-    queries, docs = _check(queries, docs)
-    rows = topk.check_rows(rows, len(queries), len(docs))
+    queries, cells = _check(queries, docs)
+    if isinstance(cells, PackedCodes):
+        raise VespaQuantError("rescore packed codes with lut_scores_at (tables from PackedCodes.tables)")
+    rows = topk.check_rows(rows, len(queries), len(cells))
     with topk.LAUNCH_LOCK:
-        return _dot_at(queries, docs, rows)
+        return _dot_at(queries, cells, rows)

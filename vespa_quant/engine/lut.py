@@ -196,7 +196,7 @@ def lut_topk(luts: np.ndarray, codes: np.ndarray, k: int, *, doc_scale: np.ndarr
                 _lut_part(chunk, codes, 0, len(codes), k, 0, scale, bias, chunk_bias, *state)
             else:
                 _lut_scan(chunk, codes, k, parts, scale, bias, chunk_bias, *state)
-            results.append(topk.finish(*state[:3], k, np.float32(-np.inf)))
+            results.append(topk.finish(*state[:3], k, -np.inf))
     scores, rows = topk.joined(results, k, np.float32)
     return _offset(scores, query_offset), rows
 

@@ -116,7 +116,8 @@ def _largest(scores):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _nibble_part(luts, words, n_docs, first, last, k, part, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
+def _nibble_part(luts, words, n_docs, first, last, k, part,  # type: ignore[no-untyped-def]
+                 keys, rows, count, threshold):
     """Score block pairs ``first..last`` (even block numbers) for every query."""
     n_words = words.shape[1]
     per_query = luts.shape[1] * LANES
@@ -162,5 +163,5 @@ def nibble_topk(luts: np.ndarray, words: np.ndarray, n_docs: int, k: int, *,
                 _nibble_part(chunk, words, n_docs, 0, words.shape[0], k, 0, *state)
             else:
                 _nibble_scan(chunk, words, n_docs, k, parts, *state)
-            results.append(topk.finish(*state[:3], k, np.float32(-np.inf)))
+            results.append(topk.finish(*state[:3], k, -np.inf))
     return topk.joined(results, k, np.float32)

@@ -24,8 +24,8 @@ from numba import njit, prange
 
 from vespa_quant.errors import VespaQuantError
 
-if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+if "NUMBA_THREADING_LAYER" not in os.environ and getattr(numba.config, "THREADING_LAYER") == "default":
+    setattr(numba.config, "THREADING_LAYER", "workqueue")
 
 LAUNCH_LOCK = threading.Lock()
 """Held around every parallel kernel launch (the workqueue pool is not re-entrant)."""
@@ -54,7 +54,7 @@ def capacity(k: int) -> int:
     return 2 * k + 64
 
 
-def buffers(parts: int, nq: int, k: int, dtype: type) -> tuple[np.ndarray, ...]:
+def buffers(parts: int, nq: int, k: int, dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(keys, rows, count, threshold) for ``parts`` x ``nq`` empty buffers."""
     low = INT32_MIN if dtype is np.int32 else -np.inf
     slots = capacity(k)

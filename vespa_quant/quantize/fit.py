@@ -90,9 +90,9 @@ def std(corpus: np.ndarray, accumulator: type = np.float64) -> np.ndarray:
     there is no cancellation of E[x^2] - E[x]^2.
     """
     corpus = _matrix(corpus)
-    out = np.empty(corpus.shape[1], dtype=accumulator)
+    out: np.ndarray = np.empty(corpus.shape[1], dtype=accumulator)
     for start, block in _column_blocks(corpus):
-        deviation = block.astype(accumulator, copy=False)
+        deviation: np.ndarray = block.astype(accumulator, copy=False)
         deviation = deviation - deviation.mean(axis=1, dtype=accumulator, keepdims=True)
         out[start:start + len(block)] = np.sqrt(np.square(deviation).mean(axis=1, dtype=accumulator))
     return out
