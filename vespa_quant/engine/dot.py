@@ -8,8 +8,10 @@ go through the streaming top-k of :mod:`vespa_quant.engine.topk`, so memory stay
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from numba import njit, prange, types
@@ -25,6 +27,7 @@ DIRECT_QUERIES = 4
 """Fewer queries than this are scored row by row without decoding: a GEMM only pays off when each
 decoded block serves several queries."""
 _controller: list[ThreadpoolController] = []
+_pool: list[ThreadPoolExecutor] = []
 
 
 @intrinsic
@@ -45,35 +48,21 @@ def _to_float32_impl(value):  # type: ignore[no-untyped-def]
     return lambda value: np.float32(value)
 
 
-@njit(cache=True)
-def _decode_cells(docs, start, out, first, last):  # type: ignore[no-untyped-def]
-    for r in range(first, last):
+@njit(cache=True, nogil=True)
+def _decode_cells(docs, start, out):  # type: ignore[no-untyped-def]
+    for r in range(out.shape[0]):
         for i in range(out.shape[1]):
             out[r, i] = _to_float32(docs[start + r, i])
 
 
-@njit(parallel=True, cache=True)
-def _decode_cells_parallel(docs, start, out, parts):  # type: ignore[no-untyped-def]
-    m = out.shape[0]
-    for p in prange(parts):
-        _decode_cells(docs, start, out, p * m // parts, (p + 1) * m // parts)
-
-
-@njit(cache=True)
-def _decode_codes(codes, levels, stored, start, out, first, last):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def _decode_codes(codes, levels, stored, start, out):  # type: ignore[no-untyped-def]
     per = 8 // stored
     mask = (1 << stored) - 1
-    for r in range(first, last):
+    for r in range(out.shape[0]):
         for i in range(out.shape[1]):
             j = i // per
             out[r, i] = levels[i, (codes[start + r, j] >> (8 - stored * (i - j * per + 1))) & mask]
-
-
-@njit(parallel=True, cache=True)
-def _decode_codes_parallel(codes, levels, stored, start, out, parts):  # type: ignore[no-untyped-def]
-    m = out.shape[0]
-    for p in prange(parts):
-        _decode_codes(codes, levels, stored, start, out, p * m // parts, (p + 1) * m // parts)
 
 
 @dataclass(frozen=True)
@@ -114,16 +103,19 @@ class PackedCodes:
         return queries.astype(np.float64)[:, :, None] * self.levels[None].astype(np.float64)
 
 
-def _decoder(docs: np.ndarray | PackedCodes, parts: int) -> Callable[[int, np.ndarray], None]:
-    """``decode(start, out)`` fills ``out`` with float32 rows ``start..start+len(out)`` of ``docs``."""
+def _decode(docs: np.ndarray | PackedCodes, start: int, out: np.ndarray) -> None:
+    """Fill ``out`` with the float32 rows ``start..start+len(out)`` of ``docs``."""
     if isinstance(docs, PackedCodes):
-        stored = lut.dims_per_byte(docs.bits)[0]
-        if parts == 1:
-            return lambda start, out: _decode_codes(docs.codes, docs.levels, stored, start, out, 0, len(out))
-        return lambda start, out: _decode_codes_parallel(docs.codes, docs.levels, stored, start, out, parts)
-    if parts == 1:
-        return lambda start, out: _decode_cells(docs, start, out, 0, len(out))
-    return lambda start, out: _decode_cells_parallel(docs, start, out, parts)
+        _decode_codes(docs.codes, docs.levels, lut.dims_per_byte(docs.bits)[0], start, out)
+    else:
+        _decode_cells(docs, start, out)
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The threads of GEMM scans, started on first use (one per core)."""
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="vespa-quant-gemm"))
+    return _pool[0]
 
 
 @njit(cache=True, fastmath=True)
@@ -165,8 +157,8 @@ def _dot_at(queries, docs, rows):  # type: ignore[no-untyped-def]
     return out
 
 
-def _blas_limit(threads: int | None):  # type: ignore[no-untyped-def]
-    """BLAS thread limit for one call (restored on exit); ``None`` leaves BLAS as configured."""
+def _blas_limit(threads: int):  # type: ignore[no-untyped-def]
+    """BLAS thread limit for one call (restored on exit)."""
     if not _controller:
         _controller.append(ThreadpoolController())
     return _controller[0].limit(limits=threads, user_api="blas")
@@ -195,23 +187,32 @@ def _direct(queries: np.ndarray, docs: np.ndarray, k: int, parts: int) -> tuple[
 
 
 def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode + GEMM + top-k over blocks; ``parts`` Python threads each scan a contiguous range with
+    single-threaded BLAS (numpy and the kernels release the GIL). A BLAS library's own threads
+    would be woken per block, which costs milliseconds on a busy machine for small blocks."""
     n, dim = docs.shape
-    decode = _decoder(docs, parts)
-    state = topk.buffers(1, len(queries), k, np.float32)
+    state = topk.buffers(parts, len(queries), k, np.float32)
     plain = isinstance(docs, np.ndarray) and docs.dtype == np.float32
-    decoded = None if plain else np.empty((min(DOT_BLOCK_ROWS, n), dim), dtype=np.float32)
-    scores = np.empty((len(queries), DOT_BLOCK_ROWS), dtype=np.float32)
-    for start in range(0, n, DOT_BLOCK_ROWS):
-        stop = min(start + DOT_BLOCK_ROWS, n)
-        if decoded is None and isinstance(docs, np.ndarray):
-            block = docs[start:stop]
-        else:
-            assert decoded is not None
-            block = decoded[:stop - start]
-            decode(start, block)
-        out = scores if stop - start == DOT_BLOCK_ROWS else np.empty((len(queries), stop - start), np.float32)
-        np.matmul(queries, block.T, out=out)
-        topk.push_block(out, start, *state, k)
+
+    def scan(part: int) -> None:
+        decoded = None if plain else np.empty((min(DOT_BLOCK_ROWS, n), dim), dtype=np.float32)
+        scores = np.empty((len(queries), DOT_BLOCK_ROWS), dtype=np.float32)
+        first, last = part * n // parts, (part + 1) * n // parts
+        for start in range(first, last, DOT_BLOCK_ROWS):
+            stop = min(start + DOT_BLOCK_ROWS, last)
+            if decoded is None and isinstance(docs, np.ndarray):
+                block = docs[start:stop]
+            else:
+                assert decoded is not None
+                block = decoded[:stop - start]
+                _decode(docs, start, block)
+            out = scores if stop - start == DOT_BLOCK_ROWS else np.empty((len(queries), stop - start), np.float32)
+            np.matmul(queries, block.T, out=out)
+            topk.push_block(out, start, part, *state, k)
+    if parts == 1:
+        scan(0)
+    else:
+        list(_workers().map(scan, range(parts)))
     return topk.finish(*state[:3], k, -np.inf)
 
 
@@ -229,8 +230,8 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, thr
     lowest row; missing entries (k > n_docs) are (-inf, -1).
 
     ``docs`` are float32, int8 (``int8_asym`` codes, with the query already scaled by the step),
-    uint16 holding bfloat16 bit patterns, or :class:`PackedCodes`. ``threads`` caps the BLAS and
-    numba threads of the call. From :data:`DIRECT_QUERIES` queries on, blocks are decoded to
+    uint16 holding bfloat16 bit patterns, or :class:`PackedCodes`. ``threads`` is the number of
+    threads of the call (BLAS itself runs single-threaded in each). From :data:`DIRECT_QUERIES` queries on, blocks are decoded to
     float32 once and multiplied by all queries in one GEMM; below, each row is dotted with each
     query directly. Packed codes of at most 4 bits go through register lookup tables
     (:mod:`.lut16`) whenever the CPU has them -- faster than the GEMM even for a batch -- and
@@ -250,7 +251,7 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, thr
         with topk.LAUNCH_LOCK:
             return _direct(queries, docs, k, parts)
     results = []
-    with topk.LAUNCH_LOCK, _blas_limit(threads):
+    with topk.LAUNCH_LOCK, _blas_limit(1):
         for s in topk.query_chunks(len(queries)):
             results.append(_gemm(queries[s:s + topk.QUERY_CHUNK], docs, k, parts))
     return topk.joined(results, k, np.float32)

@@ -34,8 +34,8 @@ QUERY_CHUNK = 1024
 """Queries per pass of a scan: bounds the candidate buffers (and a GEMM's score block) whatever the
 batch size."""
 PARALLEL_QUERIES = 8
-"""Below this many queries per-query work (merging, top-k updates) stays on the calling thread: a
-parallel launch costs more than it saves."""
+"""Below this many queries the final merge stays on the calling thread: a parallel launch costs
+more than it saves."""
 
 
 def query_chunks(n_queries: int) -> range:
@@ -86,7 +86,7 @@ def check_rows(rows: np.ndarray, n_queries: int, n_docs: int) -> np.ndarray:
     return rows
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _compact(keys, rows, count, k):  # type: ignore[no-untyped-def]
     """Keep the best ``k`` of a full buffer in place; returns (k, new threshold)."""
     kth = np.partition(keys[:count].copy(), count - k)[count - k]
@@ -106,7 +106,7 @@ def _compact(keys, rows, count, k):  # type: ignore[no-untyped-def]
     return kept, kth
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def push(keys, rows, count, threshold, part, q, key, row, k):  # type: ignore[no-untyped-def]
     """Add a candidate the caller found above ``threshold[part, q]``."""
     c = count[part, q]
@@ -118,30 +118,16 @@ def push(keys, rows, count, threshold, part, q, key, row, k):  # type: ignore[no
     count[part, q] = c
 
 
-@njit(cache=True)
-def _push_rows(scores, q, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
-    for i in range(scores.shape[1]):
-        if scores[q, i] > threshold[0, q]:
-            push(keys, rows, count, threshold, 0, q, scores[q, i], first_row + i, k)
+@njit(cache=True, nogil=True)
+def push_block(scores, first_row, part, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+    """Offer a (nq, m) block of scores for rows ``first_row..first_row+m`` to ``part``'s buffers.
 
-
-@njit(cache=True)
-def _push_block_serial(scores, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+    Runs without the GIL, so each thread of a GEMM scan updates its own part concurrently.
+    """
     for q in range(scores.shape[0]):
-        _push_rows(scores, q, first_row, keys, rows, count, threshold, k)
-
-
-@njit(parallel=True, cache=True)
-def _push_block_parallel(scores, first_row, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
-    for q in prange(scores.shape[0]):
-        _push_rows(scores, q, first_row, keys, rows, count, threshold, k)
-
-
-def push_block(scores: np.ndarray, first_row: int, keys: np.ndarray, rows: np.ndarray, count: np.ndarray,
-               threshold: np.ndarray, k: int) -> None:
-    """Offer a (nq, m) block of scores for rows ``first_row..first_row+m`` (part 0)."""
-    push = _push_block_parallel if len(scores) >= PARALLEL_QUERIES else _push_block_serial
-    push(scores, first_row, keys, rows, count, threshold, k)
+        for i in range(scores.shape[1]):
+            if scores[q, i] > threshold[part, q]:
+                push(keys, rows, count, threshold, part, q, scores[q, i], first_row + i, k)
 
 
 @njit(cache=True)
