@@ -282,3 +282,18 @@ def test_register_tables_match_byte_tables_with_exact_ties(bits: int, n_docs: in
     want = kernels.lut_topk(kernels.build_luts(tables, bits), packed, k)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_scans_may_run_from_several_threads_at_once() -> None:
+    """Every part is a GIL-free kernel with its own buffers: concurrent callers get their own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    docs = RNG.integers(0, 256, (3000, 13), dtype=np.uint8)
+    queries = RNG.integers(0, 256, (8, 13), dtype=np.uint8)
+    prepared = kernels.prepare_bits(docs)
+    want = [kernels.hamming_topk(queries[i:i + 1], prepared, 20, threads=1) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: kernels.hamming_topk(queries[i:i + 1], prepared, 20, threads=2), range(8)))
+    for (gd, gr), (wd, wr) in zip(got, want):
+        np.testing.assert_array_equal(gr, wr)
+        np.testing.assert_array_equal(gd, wd)

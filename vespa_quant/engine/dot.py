@@ -8,13 +8,11 @@ go through the streaming top-k of :mod:`vespa_quant.engine.topk`, so memory stay
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic, overload
 from threadpoolctl import ThreadpoolController
 
@@ -27,7 +25,6 @@ DIRECT_QUERIES = 4
 """Fewer queries than this are scored row by row without decoding: a GEMM only pays off when each
 decoded block serves several queries."""
 _controller: list[ThreadpoolController] = []
-_pool: list[ThreadPoolExecutor] = []
 
 
 @intrinsic
@@ -111,14 +108,7 @@ def _decode(docs: np.ndarray | PackedCodes, start: int, out: np.ndarray) -> None
         _decode_cells(docs, start, out)
 
 
-def _workers() -> ThreadPoolExecutor:
-    """The threads of GEMM scans, started on first use (one per core)."""
-    if not _pool:
-        _pool.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="vespa-quant-gemm"))
-    return _pool[0]
-
-
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _dot(query, doc):  # type: ignore[no-untyped-def]
     """float32 ``query . doc``; fastmath lets LLVM split the sum into SIMD lanes."""
     total = np.float32(0.0)
@@ -127,7 +117,7 @@ def _dot(query, doc):  # type: ignore[no-untyped-def]
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _direct_part(queries, docs, first, last, k, part, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
     for r in range(first, last):
         for q in range(queries.shape[0]):
@@ -136,17 +126,9 @@ def _direct_part(queries, docs, first, last, k, part, keys, rows, count, thresho
                 topk.push(keys, rows, count, threshold, part, q, score, r, k)
 
 
-@njit(parallel=True, cache=True)
-def _direct_scan(queries, docs, k, parts, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
-    n = docs.shape[0]
-    for part in prange(parts):
-        _direct_part(queries, docs, part * n // parts, (part + 1) * n // parts, k, part, keys, rows, count, threshold)
-
-
-@njit(parallel=True, cache=True)
-def _dot_at(queries, docs, rows):  # type: ignore[no-untyped-def]
-    out = np.full(rows.shape, -np.inf, dtype=np.float32)
-    for q in prange(rows.shape[0]):
+@njit(cache=True, nogil=True)
+def _dot_at(queries, docs, rows, out, first, last):  # type: ignore[no-untyped-def]
+    for q in range(first, last):
         for m in range(rows.shape[1]):
             r = rows[q, m]
             if r >= 0:
@@ -154,7 +136,6 @@ def _dot_at(queries, docs, rows):  # type: ignore[no-untyped-def]
                 for i in range(queries.shape[1]):
                     total += queries[q, i] * _to_float32(docs[r, i])
                 out[q, m] = total
-    return out
 
 
 def _blas_limit(threads: int):  # type: ignore[no-untyped-def]
@@ -179,10 +160,8 @@ def _check(queries: np.ndarray, docs: np.ndarray | PackedCodes) -> tuple[np.ndar
 
 def _direct(queries: np.ndarray, docs: np.ndarray, k: int, parts: int) -> tuple[np.ndarray, np.ndarray]:
     state = topk.buffers(parts, len(queries), k, np.float32)
-    if parts == 1:
-        _direct_part(queries, docs, 0, len(docs), k, 0, *state)
-    else:
-        _direct_scan(queries, docs, k, parts, *state)
+    topk.run_parts(lambda part: _direct_part(queries, docs, *topk.span(part, parts, len(docs)), k, part, *state),
+                   parts)
     return topk.finish(*state[:3], k, -np.inf)
 
 
@@ -197,7 +176,7 @@ def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: in
     def scan(part: int) -> None:
         decoded = None if plain else np.empty((min(DOT_BLOCK_ROWS, n), dim), dtype=np.float32)
         scores = np.empty((len(queries), DOT_BLOCK_ROWS), dtype=np.float32)
-        first, last = part * n // parts, (part + 1) * n // parts
+        first, last = topk.span(part, parts, n)
         for start in range(first, last, DOT_BLOCK_ROWS):
             stop = min(start + DOT_BLOCK_ROWS, last)
             if decoded is None and isinstance(docs, np.ndarray):
@@ -209,10 +188,7 @@ def _gemm(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, parts: in
             out = scores if stop - start == DOT_BLOCK_ROWS else np.empty((len(queries), stop - start), np.float32)
             np.matmul(queries, block.T, out=out)
             topk.push_block(out, start, part, *state, k)
-    if parts == 1:
-        scan(0)
-    else:
-        list(_workers().map(scan, range(parts)))
+    topk.run_parts(scan, parts)
     return topk.finish(*state[:3], k, -np.inf)
 
 
@@ -248,21 +224,23 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, thr
             return _tables_topk(queries, docs, k, threads)
     parts = topk.threads_for(threads, docs.shape[0])
     if isinstance(docs, np.ndarray) and len(queries) < DIRECT_QUERIES:
-        with topk.LAUNCH_LOCK:
-            return _direct(queries, docs, k, parts)
+        return _direct(queries, docs, k, parts)
     results = []
-    with topk.LAUNCH_LOCK, _blas_limit(1):
+    with _blas_limit(1):
         for s in topk.query_chunks(len(queries)):
             results.append(_gemm(queries[s:s + topk.QUERY_CHUNK], docs, k, parts))
     return topk.joined(results, k, np.float32)
 
 
-def dot_scores_at(queries: np.ndarray, docs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def dot_scores_at(queries: np.ndarray, docs: np.ndarray, rows: np.ndarray, *,
+                  threads: int | None = None) -> np.ndarray:
     """``q . v`` of the candidate ``rows`` (nq, m) of each query (float64 sums, float32 out);
     -1 -> -inf. The rescoring phase of a two-phase search: reads only the candidates' vectors."""
     queries, cells = _check(queries, docs)
     if isinstance(cells, PackedCodes):
         raise VespaQuantError("rescore packed codes with lut_scores_at (tables from PackedCodes.tables)")
     rows = topk.check_rows(rows, len(queries), len(cells))
-    with topk.LAUNCH_LOCK:
-        return _dot_at(queries, cells, rows)
+    scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+    parts = topk.threads_for(threads, len(rows))
+    topk.run_parts(lambda part: _dot_at(queries, cells, rows, scores, *topk.span(part, parts, len(rows))), parts)
+    return scores

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from vespa_quant.engine import topk
@@ -65,7 +65,7 @@ def prepare_bits(doc_bits: np.ndarray) -> PreparedBits:
     return PreparedBits(np.ascontiguousarray(layout), n, nbytes)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _block_distances(query_words, block, distance):  # type: ignore[no-untyped-def]
     """Distances of one query to the 64 documents of a block; returns the smallest."""
     word = query_words[0]
@@ -81,7 +81,7 @@ def _block_distances(query_words, block, distance):  # type: ignore[no-untyped-d
     return nearest
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hamming_part(query_words, blocks, first, last, n_docs, k, part,  # type: ignore[no-untyped-def]
                   keys, rows, count, threshold):
     distance = np.empty(BLOCK_DOCS, dtype=np.int64)
@@ -95,14 +95,6 @@ def _hamming_part(query_words, blocks, first, last, n_docs, k, part,  # type: ig
                 row = b * BLOCK_DOCS + i
                 if key > threshold[part, q] and row < n_docs:
                     topk.push(keys, rows, count, threshold, part, q, key, row, k)
-
-
-@njit(parallel=True, cache=True)
-def _hamming_scan(query_words, blocks, n_docs, k, parts, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
-    n_blocks = blocks.shape[0]
-    for part in prange(parts):
-        _hamming_part(query_words, blocks, part * n_blocks // parts, (part + 1) * n_blocks // parts,
-                      n_docs, k, part, keys, rows, count, threshold)
 
 
 def hamming_topk(query_bits: np.ndarray, doc_bits: np.ndarray | PreparedBits, k: int, *,
@@ -119,14 +111,14 @@ def hamming_topk(query_bits: np.ndarray, doc_bits: np.ndarray | PreparedBits, k:
     words = _padded_words(query_bits, len(query_bits))
     parts = topk.threads_for(threads, docs.words.shape[0])
     results = []
-    with topk.LAUNCH_LOCK:
-        for s in topk.query_chunks(len(words)):
-            chunk = words[s:s + topk.QUERY_CHUNK]
-            state = topk.buffers(parts, len(chunk), k, np.int32)
-            if parts == 1:
-                _hamming_part(chunk, docs.words, 0, docs.words.shape[0], docs.n_docs, k, 0, *state)
-            else:
-                _hamming_scan(chunk, docs.words, docs.n_docs, k, parts, *state)
-            results.append(topk.finish(*state[:3], k, topk.INT32_MIN))
+    for s in topk.query_chunks(len(words)):
+        chunk = words[s:s + topk.QUERY_CHUNK]
+        state = topk.buffers(parts, len(chunk), k, np.int32)
+
+        def scan(part: int) -> None:
+            first, last = topk.span(part, parts, docs.words.shape[0])
+            _hamming_part(chunk, docs.words, first, last, docs.n_docs, k, part, *state)
+        topk.run_parts(scan, parts)
+        results.append(topk.finish(*state[:3], k, topk.INT32_MIN))
     keys, rows = topk.joined(results, k, np.int32)
     return np.where(rows >= 0, -keys.astype(np.int64), HAMMING_PAD).astype(np.int32), rows

@@ -12,7 +12,7 @@ are read from memory once per batch.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from vespa_quant.engine import topk
 from vespa_quant.errors import VespaQuantError
@@ -81,7 +81,7 @@ def fold_tables(tables: np.ndarray, stored: int, per: int, groups: int) -> np.nd
     return folded
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lut_sum(lut, codes, i):  # type: ignore[no-untyped-def]
     total = np.float32(0.0)
     for j in range(codes.shape[1]):
@@ -89,7 +89,7 @@ def _lut_sum(lut, codes, i):  # type: ignore[no-untyped-def]
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _affine(total, i, q, doc_scale, doc_bias, query_bias):  # type: ignore[no-untyped-def]
     """``doc_scale[i] * total + doc_bias[i] * query_bias[q]`` when the factors are given."""
     if doc_scale.shape[0] == 0:
@@ -97,7 +97,7 @@ def _affine(total, i, q, doc_scale, doc_bias, query_bias):  # type: ignore[no-un
     return doc_scale[i] * total + doc_bias[i] * query_bias[q]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lut_part(luts, codes, first, last, k, part, doc_scale, doc_bias, query_bias,  # type: ignore[no-untyped-def]
               keys, rows, count, threshold):
     """Scan rows ``first..last``; four documents per step keep four independent float chains."""
@@ -129,24 +129,13 @@ def _lut_part(luts, codes, first, last, k, part, doc_scale, doc_bias, query_bias
                     topk.push(keys, rows, count, threshold, part, q, key, r, k)
 
 
-@njit(parallel=True, cache=True)
-def _lut_scan(luts, codes, k, parts, doc_scale, doc_bias, query_bias,  # type: ignore[no-untyped-def]
-              keys, rows, count, threshold):
-    n = codes.shape[0]
-    for part in prange(parts):
-        _lut_part(luts, codes, part * n // parts, (part + 1) * n // parts, k, part,
-                  doc_scale, doc_bias, query_bias, keys, rows, count, threshold)
-
-
-@njit(parallel=True, cache=True)
-def _lut_at(luts, codes, rows, doc_scale, doc_bias, query_bias):  # type: ignore[no-untyped-def]
-    out = np.full(rows.shape, -np.inf, dtype=np.float32)
-    for q in prange(rows.shape[0]):
+@njit(cache=True, nogil=True)
+def _lut_at(luts, codes, rows, doc_scale, doc_bias, query_bias, out, first, last):  # type: ignore[no-untyped-def]
+    for q in range(first, last):
         for m in range(rows.shape[1]):
             r = rows[q, m]
             if r >= 0:
                 out[q, m] = _affine(_lut_sum(luts[q], codes, r), r, q, doc_scale, doc_bias, query_bias)
-    return out
 
 
 def _lut_inputs(luts: np.ndarray, codes: np.ndarray, doc_scale: np.ndarray | None, doc_bias: np.ndarray | None,
@@ -187,29 +176,31 @@ def lut_topk(luts: np.ndarray, codes: np.ndarray, k: int, *, doc_scale: np.ndarr
     luts, codes, scale, bias, qbias = _lut_inputs(luts, codes, doc_scale, doc_bias, query_bias)
     parts = topk.threads_for(threads, -(-len(codes) // LUT_BLOCK_DOCS))
     results = []
-    with topk.LAUNCH_LOCK:
-        for s in topk.query_chunks(len(luts)):
-            chunk = luts[s:s + topk.QUERY_CHUNK]
-            state = topk.buffers(parts, len(chunk), k, np.float32)
-            chunk_bias = qbias[s:s + topk.QUERY_CHUNK] if len(qbias) else qbias
-            if parts == 1:
-                _lut_part(chunk, codes, 0, len(codes), k, 0, scale, bias, chunk_bias, *state)
-            else:
-                _lut_scan(chunk, codes, k, parts, scale, bias, chunk_bias, *state)
-            results.append(topk.finish(*state[:3], k, -np.inf))
+    for s in topk.query_chunks(len(luts)):
+        chunk = luts[s:s + topk.QUERY_CHUNK]
+        state = topk.buffers(parts, len(chunk), k, np.float32)
+        chunk_bias = qbias[s:s + topk.QUERY_CHUNK] if len(qbias) else qbias
+
+        def scan(part: int) -> None:
+            first, last = topk.span(part, parts, len(codes), LUT_BLOCK_DOCS)
+            _lut_part(chunk, codes, first, last, k, part, scale, bias, chunk_bias, *state)
+        topk.run_parts(scan, parts)
+        results.append(topk.finish(*state[:3], k, -np.inf))
     scores, rows = topk.joined(results, k, np.float32)
     return _offset(scores, query_offset), rows
 
 
 def lut_scores_at(luts: np.ndarray, codes: np.ndarray, rows: np.ndarray, *, doc_scale: np.ndarray | None = None,
                   doc_bias: np.ndarray | None = None, query_bias: np.ndarray | None = None,
-                  query_offset: np.ndarray | None = None) -> np.ndarray:
+                  query_offset: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """The :func:`lut_topk` score of the candidate ``rows`` (nq, m) of each query; -1 -> -inf.
 
     The second phase of a two-phase search: only the first phase's candidates are read.
     """
     luts, codes, scale, bias, qbias = _lut_inputs(luts, codes, doc_scale, doc_bias, query_bias)
     rows = topk.check_rows(rows, len(luts), len(codes))
-    with topk.LAUNCH_LOCK:
-        scores = _lut_at(luts, codes, rows, scale, bias, qbias)
+    scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+    parts = topk.threads_for(threads, len(rows))
+    topk.run_parts(lambda part: _lut_at(luts, codes, rows, scale, bias, qbias, scores,
+                                        *topk.span(part, parts, len(rows))), parts)
     return _offset(scores, query_offset)

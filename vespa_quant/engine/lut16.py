@@ -20,7 +20,7 @@ from __future__ import annotations
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -106,7 +106,7 @@ def nibble_luts(tables: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(by_nibble[:, word_order], dtype=np.float32)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, nogil=True)
 def _largest(scores):  # type: ignore[no-untyped-def]
     """Vectorised max of a pair's 32 scores: most pairs hold no candidate and are skipped on it."""
     best = scores[0]
@@ -115,7 +115,7 @@ def _largest(scores):  # type: ignore[no-untyped-def]
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nibble_part(luts, words, n_docs, first, last, k, part,  # type: ignore[no-untyped-def]
                  keys, rows, count, threshold):
     """Score block pairs ``first..last`` (even block numbers) for every query."""
@@ -135,14 +135,6 @@ def _nibble_part(luts, words, n_docs, first, last, k, part,  # type: ignore[no-u
                         topk.push(keys, rows, count, threshold, part, q, scores[i], row, k)
 
 
-@njit(parallel=True, cache=True)
-def _nibble_scan(luts, words, n_docs, k, parts, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
-    pairs = words.shape[0] // 2
-    for part in prange(parts):
-        _nibble_part(luts, words, n_docs, 2 * (part * pairs // parts), 2 * ((part + 1) * pairs // parts), k, part,
-                     keys, rows, count, threshold)
-
-
 def nibble_topk(luts: np.ndarray, words: np.ndarray, n_docs: int, k: int, *,
                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of the table sums of :func:`nibble_luts` over :func:`prepare_nibbles` documents:
@@ -155,13 +147,13 @@ def nibble_topk(luts: np.ndarray, words: np.ndarray, n_docs: int, k: int, *,
         raise VespaQuantError(f"nibble tables {luts.shape} do not fit documents of {words.shape[1]} words")
     parts = topk.threads_for(threads, words.shape[0] // 2)
     results = []
-    with topk.LAUNCH_LOCK:
-        for s in topk.query_chunks(len(luts)):
-            chunk = luts[s:s + topk.QUERY_CHUNK]
-            state = topk.buffers(parts, len(chunk), k, np.float32)
-            if parts == 1:
-                _nibble_part(chunk, words, n_docs, 0, words.shape[0], k, 0, *state)
-            else:
-                _nibble_scan(chunk, words, n_docs, k, parts, *state)
-            results.append(topk.finish(*state[:3], k, -np.inf))
+    for s in topk.query_chunks(len(luts)):
+        chunk = luts[s:s + topk.QUERY_CHUNK]
+        state = topk.buffers(parts, len(chunk), k, np.float32)
+
+        def scan(part: int) -> None:
+            first, last = topk.span(part, parts, words.shape[0], 2)
+            _nibble_part(chunk, words, n_docs, first, last, k, part, *state)
+        topk.run_parts(scan, parts)
+        results.append(topk.finish(*state[:3], k, -np.inf))
     return topk.joined(results, k, np.float32)

@@ -7,35 +7,49 @@ distances). Rows arrive in ascending order within a part, so among equal keys th
 kept and a later row needs a strictly better key: that is the engine's tie rule (lowest row wins),
 and :func:`finish` sorts the merged parts by (key descending, row ascending).
 
-Thread pool: numba's OpenMP layer was measured here at 4-8 ms per parallel launch (workqueue:
-0.09 ms), which would dominate a single-query scan, so the workqueue layer is chosen unless the
-user picked one (``NUMBA_THREADING_LAYER``). Workqueue must not be entered from two Python
-threads at once; :data:`LAUNCH_LOCK` serialises the kernels' callers.
+Threads: each part is a GIL-free numba function scanning its own row range into its own buffers,
+run on a shared pool of Python threads (:func:`run_parts`). numba's own parallel layers were
+measured here at 4-8 ms per launch (OpenMP) and milliseconds of wake-up on a busy machine
+(workqueue, which also may not be entered from two Python threads at once); a pool task costs
+tens of microseconds, and any caller thread may scan concurrently.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from vespa_quant.errors import VespaQuantError
 
-if "NUMBA_THREADING_LAYER" not in os.environ and getattr(numba.config, "THREADING_LAYER") == "default":
-    setattr(numba.config, "THREADING_LAYER", "workqueue")
-
-LAUNCH_LOCK = threading.Lock()
-"""Held around every parallel kernel launch (the workqueue pool is not re-entrant)."""
 INT32_MIN = np.iinfo(np.int32).min
 QUERY_CHUNK = 1024
 """Queries per pass of a scan: bounds the candidate buffers (and a GEMM's score block) whatever the
 batch size."""
-PARALLEL_QUERIES = 8
-"""Below this many queries the final merge stays on the calling thread: a parallel launch costs
-more than it saves."""
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+"""Threads of a scan by default: the cores this process may run on."""
+_pool: list[ThreadPoolExecutor] = []
+
+
+def run_parts(work: Callable[[int], None], parts: int) -> None:
+    """``work(part)`` for every part: on the calling thread for one part, else on the pool."""
+    if parts == 1:
+        work(0)
+        return
+    if not _pool:
+        _pool.append(ThreadPoolExecutor(max_workers=max(CORES, 2), thread_name_prefix="vespa-quant-scan"))
+    for done in [_pool[0].submit(work, part) for part in range(parts)]:
+        done.result()
+
+
+def span(part: int, parts: int, n: int, align: int = 1) -> tuple[int, int]:
+    """Items ``[first, last)`` of ``part`` when ``n`` items are split into contiguous parts whose
+    bounds are multiples of ``align``."""
+    units = -(-n // align)
+    return min(n, part * units // parts * align), min(n, (part + 1) * units // parts * align)
 
 
 def query_chunks(n_queries: int) -> range:
@@ -63,9 +77,8 @@ def buffers(parts: int, nq: int, k: int, dtype: type) -> tuple[np.ndarray, np.nd
 
 
 def threads_for(threads: int | None, work_items: int) -> int:
-    """Parts to split the documents into: ``threads`` (default: numba's thread count), at most one
-    per work item."""
-    wanted = numba.get_num_threads() if threads is None else threads
+    """Parts to split the work into: ``threads`` (default :data:`CORES`), at most one per item."""
+    wanted = CORES if threads is None else threads
     if wanted < 1:
         raise VespaQuantError(f"threads must be >= 1, got {threads}")
     return max(1, min(wanted, work_items))
@@ -130,7 +143,7 @@ def push_block(scores, first_row, part, keys, rows, count, threshold, k):  # typ
                 push(keys, rows, count, threshold, part, q, scores[q, i], first_row + i, k)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _merge_query(keys, rows, count, q, k, out_keys, out_rows):  # type: ignore[no-untyped-def]
     total = 0
     for p in range(keys.shape[0]):
@@ -150,15 +163,9 @@ def _merge_query(keys, rows, count, q, k, out_keys, out_rows):  # type: ignore[n
         out_rows[q, i] = all_rows[order[i]]
 
 
-@njit(cache=True)
-def _finish_serial(keys, rows, count, out_keys, out_rows):  # type: ignore[no-untyped-def]
+@njit(cache=True, nogil=True)
+def _finish(keys, rows, count, out_keys, out_rows):  # type: ignore[no-untyped-def]
     for q in range(keys.shape[1]):
-        _merge_query(keys, rows, count, q, out_keys.shape[1], out_keys, out_rows)
-
-
-@njit(parallel=True, cache=True)
-def _finish_parallel(keys, rows, count, out_keys, out_rows):  # type: ignore[no-untyped-def]
-    for q in prange(keys.shape[1]):
         _merge_query(keys, rows, count, q, out_keys.shape[1], out_keys, out_rows)
 
 
@@ -167,6 +174,5 @@ def finish(keys: np.ndarray, rows: np.ndarray, count: np.ndarray, k: int, pad: f
     missing entries are (``pad``, -1)."""
     out_keys = np.full((keys.shape[1], k), pad, dtype=keys.dtype)
     out_rows = np.full((keys.shape[1], k), -1, dtype=np.int64)
-    merge = _finish_parallel if keys.shape[1] >= PARALLEL_QUERIES else _finish_serial
-    merge(keys, rows, count, out_keys, out_rows)
+    _finish(keys, rows, count, out_keys, out_rows)
     return out_keys, out_rows
