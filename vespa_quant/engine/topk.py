@@ -2,7 +2,7 @@
 
 Per (thread part, query) a buffer of (key, row) pairs holds every candidate whose key beats the
 threshold, the k-th best key seen so far; when the buffer is full it is cut back to the best k
-(one ``np.partition``) and the threshold rises. Larger keys are better (Hamming passes negated
+(a quickselect on distinct (key, position) ranks) and the threshold rises. Larger keys are better (Hamming passes negated
 distances). Rows arrive in ascending order within a part, so among equal keys the earlier row is
 kept and a later row needs a strictly better key: that is the engine's tie rule (lowest row wins),
 and :func:`finish` sorts the merged parts by (key descending, row ascending).
@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
 from vespa_quant.errors import VespaQuantError
 
@@ -99,24 +100,101 @@ def check_rows(rows: np.ndarray, n_queries: int, n_docs: int) -> np.ndarray:
     return rows
 
 
+@intrinsic
+def _float_bits(typingctx, value):  # type: ignore[no-untyped-def]
+    """The IEEE-754 bits of a float32, as a uint32."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+    return types.uint32(types.float32), codegen
+
+
+def _ascending(key):  # type: ignore[no-untyped-def]
+    """A uint64 that orders like ``key`` (float32 or int32)."""
+
+
+@overload(_ascending)
+def _ascending_impl(key):  # type: ignore[no-untyped-def]
+    if key == types.float32:
+        def order(key):  # type: ignore[no-untyped-def]
+            bits = np.uint64(_float_bits(key))
+            return bits ^ np.uint64(0xFFFFFFFF) if bits >> np.uint64(31) else bits | np.uint64(0x80000000)
+        return order
+    return lambda key: np.uint64(np.uint32(key) ^ np.uint32(0x80000000))
+
+
+@njit(cache=True, nogil=True)
+def _ranks(keys, count):  # type: ignore[no-untyped-def]
+    """Distinct uint64s ascending in (key descending, position ascending) for ``keys[:count]``."""
+    ranks = np.empty(count, dtype=np.uint64)
+    for i in range(count):
+        ranks[i] = ((np.uint64(0xFFFFFFFF) - _ascending(keys[i])) << np.uint64(32)) | np.uint64(i)
+    return ranks
+
+
+@njit(cache=True, nogil=True)
+def _kth_smallest(values, k):  # type: ignore[no-untyped-def]
+    """The k-th smallest (1-based) of distinct ``values``, reordering them (Hoare quickselect)."""
+    low, high, target = 0, values.shape[0] - 1, k - 1
+    while low < high:
+        mid = (low + high) // 2
+        a, b, c = values[low], values[mid], values[high]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = low, high
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            high = j
+        elif target >= i:
+            low = i
+        else:
+            break
+    return values[target]
+
+
+@njit(cache=True, nogil=True)
+def _heapsort(values, n):  # type: ignore[no-untyped-def]
+    """Sort ``values[:n]`` ascending in place."""
+    for start in range(n // 2 - 1, -1, -1):
+        _sift(values, start, n)
+    for end in range(n - 1, 0, -1):
+        values[0], values[end] = values[end], values[0]
+        _sift(values, 0, end)
+
+
+@njit(cache=True, nogil=True)
+def _sift(values, root, end):  # type: ignore[no-untyped-def]
+    while 2 * root + 1 < end:
+        child = 2 * root + 1
+        if child + 1 < end and values[child + 1] > values[child]:
+            child += 1
+        if values[root] >= values[child]:
+            return
+        values[root], values[child] = values[child], values[root]
+        root = child
+
+
 @njit(cache=True, nogil=True)
 def _compact(keys, rows, count, k):  # type: ignore[no-untyped-def]
-    """Keep the best ``k`` of a full buffer in place; returns (k, new threshold)."""
-    kth = np.partition(keys[:count].copy(), count - k)[count - k]
-    ties = k
-    for i in range(count):
-        if keys[i] > kth:
-            ties -= 1
+    """Keep the best ``k`` of a full buffer in place, in row order; returns (k, new threshold)."""
+    ranks = _ranks(keys, count)
+    cut = _kth_smallest(ranks.copy(), k)
     kept = 0
     for i in range(count):
-        key = keys[i]
-        if key > kth or (key == kth and ties > 0):
-            if key == kth:
-                ties -= 1
-            keys[kept] = key
+        if ranks[i] <= cut:
+            keys[kept] = keys[i]
             rows[kept] = rows[i]
             kept += 1
-    return kept, kth
+    threshold = keys[0]
+    for i in range(1, kept):
+        threshold = min(threshold, keys[i])
+    return kept, threshold
 
 
 @njit(cache=True, nogil=True)
@@ -152,15 +230,24 @@ def _merge_query(keys, rows, count, q, k, out_keys, out_rows):  # type: ignore[n
     all_rows = np.empty(total, dtype=np.int64)
     at = 0
     for p in range(keys.shape[0]):
-        c = count[p, q]
-        all_keys[at:at + c] = keys[p, q, :c]
-        all_rows[at:at + c] = rows[p, q, :c]
-        at += c
-    by_row = np.argsort(all_rows)
-    order = by_row[np.argsort(-all_keys[by_row], kind="mergesort")]
-    for i in range(min(k, total)):
-        out_keys[q, i] = all_keys[order[i]]
-        out_rows[q, i] = all_rows[order[i]]
+        for i in range(count[p, q]):
+            all_keys[at] = keys[p, q, i]
+            all_rows[at] = rows[p, q, i]
+            at += 1
+    ranks = _ranks(all_keys, total)
+    kept = total
+    if total > k:
+        cut = _kth_smallest(ranks.copy(), k)
+        kept = 0
+        for i in range(total):
+            if ranks[i] <= cut:
+                ranks[kept] = ranks[i]
+                kept += 1
+    _heapsort(ranks, kept)
+    for i in range(kept):
+        position = np.int64(ranks[i] & np.uint64(0xFFFFFFFF))
+        out_keys[q, i] = all_keys[position]
+        out_rows[q, i] = all_rows[position]
 
 
 @njit(cache=True, nogil=True)
