@@ -106,7 +106,7 @@ def nibble_luts(tables: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(by_nibble[:, word_order], dtype=np.float32)
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@njit(cache=True, fastmath={"nnan", "nsz"}, nogil=True)
 def _largest(scores):  # type: ignore[no-untyped-def]
     """Vectorised max of a pair's 32 scores: most pairs hold no candidate and are skipped on it."""
     best = scores[0]

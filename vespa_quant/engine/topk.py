@@ -210,15 +210,27 @@ def push(keys, rows, count, threshold, part, q, key, row, k):  # type: ignore[no
 
 
 @njit(cache=True, nogil=True)
+def _beats_any(row, threshold):  # type: ignore[no-untyped-def]
+    """Whether any query's score beats its threshold: one vectorised pass, as few rows do."""
+    hit = False
+    for q in range(row.shape[0]):
+        hit |= row[q] > threshold[q]
+    return hit
+
+
+@njit(cache=True, nogil=True)
 def push_block(scores, first_row, part, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
-    """Offer a (nq, m) block of scores for rows ``first_row..first_row+m`` to ``part``'s buffers.
+    """Offer an (m, nq) block of scores (document-major, as a GEMM of documents by queries writes
+    it) for rows ``first_row..first_row+m`` to ``part``'s buffers.
 
     Runs without the GIL, so each thread of a GEMM scan updates its own part concurrently.
     """
-    for q in range(scores.shape[0]):
-        for i in range(scores.shape[1]):
-            if scores[q, i] > threshold[part, q]:
-                push(keys, rows, count, threshold, part, q, scores[q, i], first_row + i, k)
+    for i in range(scores.shape[0]):
+        if not _beats_any(scores[i], threshold[part]):
+            continue
+        for q in range(scores.shape[1]):
+            if scores[i, q] > threshold[part, q]:
+                push(keys, rows, count, threshold, part, q, scores[i, q], first_row + i, k)
 
 
 @njit(cache=True, nogil=True)
