@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -404,7 +405,8 @@ def main() -> None:
     for lib in threadpool_info():
         print(f"# {lib['internal_api']} {lib.get('version')} {lib.get('architecture', '')} "
               f"{Path(lib['filepath']).name}")
-    print(f"# numba {numba.__version__}, faiss {faiss.__version__}, numpy {np.__version__}")
+    print(f"# numba {numba.__version__}, faiss {faiss.__version__}, numpy {np.__version__}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other processes skew 2-thread rows)")
     bandwidth = {t: read_bandwidth(t) for t in args.threads}
     print("# read bandwidth: " + ", ".join(f"{t} thread(s) {b / 1e9:.1f} GB/s" for t, b in bandwidth.items()))
     print("# ratio = peer_s / ours_s; times are medians, seconds per call; bw_frac = code bytes per call / "
@@ -433,6 +435,7 @@ def main() -> None:
                 for row in rows:
                     print_row(row)
             results += rows
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
