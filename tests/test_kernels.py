@@ -6,10 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vespa_quant.engine import kernels, lut16
+from vespa_quant.engine import kernels, lut16, topk
 from vespa_quant.errors import VespaQuantError
 
 RNG = np.random.default_rng(11)
+
+
+@pytest.fixture(autouse=True)
+def split_small_scans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let ``threads=2`` really split these tiny corpora, so the merge of parts is exercised."""
+    monkeypatch.setattr(topk, "DOCS_PER_PART", 1)
 
 
 def reference_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -242,6 +242,6 @@ def dot_scores_at(queries: np.ndarray, docs: np.ndarray, rows: np.ndarray, *,
         raise VespaQuantError("rescore packed codes with lut_scores_at (tables from PackedCodes.tables)")
     rows = topk.check_rows(rows, len(queries), len(cells))
     scores = np.full(rows.shape, -np.inf, dtype=np.float32)
-    parts = topk.threads_for(threads, len(rows))
+    parts = topk.threads_for(threads, rows.size)
     topk.run_parts(lambda part: _dot_at(queries, cells, rows, scores, *topk.span(part, parts, len(rows))), parts)
     return scores

@@ -109,7 +109,7 @@ def hamming_topk(query_bits: np.ndarray, doc_bits: np.ndarray | PreparedBits, k:
     if query_bits.ndim != 2 or query_bits.shape[1] != docs.nbytes:
         raise VespaQuantError(f"query bits have shape {query_bits.shape}, documents {docs.nbytes} bytes")
     words = _padded_words(query_bits, len(query_bits))
-    parts = topk.threads_for(threads, docs.words.shape[0])
+    parts = topk.threads_for(threads, docs.n_docs)
     results = []
     for s in topk.query_chunks(len(words)):
         chunk = words[s:s + topk.QUERY_CHUNK]

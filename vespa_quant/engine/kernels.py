@@ -16,8 +16,16 @@ quantizers' own scores (``vespa_quant.quantize``) to float32 rounding:
 - :func:`lut_scores_at`, :func:`dot_scores_at` -- the same scores at given candidate rows, for the
   second phase of a two-phase search.
 
-numba compiles each kernel on its first call after install (10-30 s in all, once; the machine
-code is cached next to the modules, later processes load it in well under a second).
+How the methods map: binary_asym / binary_median_asym are ``PackedCodes(bits, [-1, +1] levels, 1)``
+scored with the (centred) query; the 2-bit methods are ``PackedCodes(pack_codes(2 hi + lo, 2),
+method.table(constants), 2)``; int8_asym is ``dot_topk(q * step, codes)``; float32 / bfloat16 are
+``dot_topk`` on the float32 cells / their upper 16 bits; binary_hamming is :func:`hamming_topk`
+(closeness ``1 / (1 + d)`` keeps its order); binary_rescore is :func:`hamming_topk` for ``k1`` then
+:func:`dot_scores_at`.
+
+numba compiles each kernel on its first call after install (about 25 s for all of them on the
+2-core machine, once; the machine code is cached next to the modules, and a later process loads it
+in about a second).
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def lut_topk(luts: np.ndarray, codes: np.ndarray, k: int, *, doc_scale: np.ndarr
     """
     topk.check_k(k)
     luts, codes, scale, bias, qbias = _lut_inputs(luts, codes, doc_scale, doc_bias, query_bias)
-    parts = topk.threads_for(threads, -(-len(codes) // LUT_BLOCK_DOCS))
+    parts = topk.threads_for(threads, len(codes))
     results = []
     for s in topk.query_chunks(len(luts)):
         chunk = luts[s:s + topk.QUERY_CHUNK]
@@ -200,7 +200,7 @@ def lut_scores_at(luts: np.ndarray, codes: np.ndarray, rows: np.ndarray, *, doc_
     luts, codes, scale, bias, qbias = _lut_inputs(luts, codes, doc_scale, doc_bias, query_bias)
     rows = topk.check_rows(rows, len(luts), len(codes))
     scores = np.full(rows.shape, -np.inf, dtype=np.float32)
-    parts = topk.threads_for(threads, len(rows))
+    parts = topk.threads_for(threads, rows.size)
     topk.run_parts(lambda part: _lut_at(luts, codes, rows, scale, bias, qbias, scores,
                                         *topk.span(part, parts, len(rows))), parts)
     return _offset(scores, query_offset)

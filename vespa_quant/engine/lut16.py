@@ -145,7 +145,7 @@ def nibble_topk(luts: np.ndarray, words: np.ndarray, n_docs: int, k: int, *,
     luts = np.ascontiguousarray(luts, dtype=np.float32)
     if luts.ndim != 3 or luts.shape[1:] != (words.shape[1] * 8, LANES):
         raise VespaQuantError(f"nibble tables {luts.shape} do not fit documents of {words.shape[1]} words")
-    parts = topk.threads_for(threads, words.shape[0] // 2)
+    parts = topk.threads_for(threads, n_docs)
     results = []
     for s in topk.query_chunks(len(luts)):
         chunk = luts[s:s + topk.QUERY_CHUNK]

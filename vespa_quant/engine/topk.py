@@ -32,6 +32,7 @@ QUERY_CHUNK = 1024
 batch size."""
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 """Threads of a scan by default: the cores this process may run on."""
+DOCS_PER_PART = 32768
 _pool: list[ThreadPoolExecutor] = []
 
 
@@ -77,12 +78,14 @@ def buffers(parts: int, nq: int, k: int, dtype: type) -> tuple[np.ndarray, np.nd
             np.zeros((parts, nq), dtype=np.int64), np.full((parts, nq), low, dtype=dtype))
 
 
-def threads_for(threads: int | None, work_items: int) -> int:
-    """Parts to split the work into: ``threads`` (default :data:`CORES`), at most one per item."""
+def threads_for(threads: int | None, n_docs: int) -> int:
+    """Parts to split a scan of ``n_docs`` documents into: ``threads`` (default :data:`CORES`), but
+    at least :data:`DOCS_PER_PART` documents each -- below that, waking a second thread costs more
+    than the scan (and on a busy machine, milliseconds)."""
     wanted = CORES if threads is None else threads
     if wanted < 1:
         raise VespaQuantError(f"threads must be >= 1, got {threads}")
-    return max(1, min(wanted, work_items))
+    return max(1, min(wanted, n_docs // DOCS_PER_PART))
 
 
 def check_k(k: int) -> None:
