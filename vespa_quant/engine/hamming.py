@@ -1,0 +1,124 @@
+"""Exact Hamming top-k over packed sign bits: XOR + POPCNT over 64-bit words, blocked for cache.
+
+The first phase of binary_hamming / binary_rescore (and of ``--first-phase hamming``): Vespa's
+exact ``nearestNeighbor`` with ``distance-metric: hamming``. Documents are laid out once
+(:func:`prepare_bits`) word-major in blocks of 64, so for each query the distances to a block are
+one vectorised loop per 64-bit word (VPOPCNTQ where AVX-512 has it), and a block is skipped
+after one vector minimum when none of its documents beats the query's current k-th distance.
+Distances are small integers, so ties are common: the lowest row wins (:mod:`.topk`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, types
+from numba.extending import intrinsic
+
+from vespa_quant.engine import topk
+from vespa_quant.errors import VespaQuantError
+
+BLOCK_DOCS = 64
+"""Documents per block: 64 words of one bit-word row are 512 bytes, eight AVX-512 registers."""
+HAMMING_PAD = np.iinfo(np.int32).max
+"""Distance reported for missing entries (k > n_docs)."""
+
+
+@intrinsic
+def _popcount(typingctx, value):  # type: ignore[no-untyped-def]
+    """LLVM ``ctpop`` of a uint64: POPCNT, or VPOPCNTQ in a vectorised loop."""
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.ctpop(args[0])
+    return types.uint64(types.uint64), codegen
+
+
+@dataclass(frozen=True)
+class PreparedBits:
+    """Packed document bits in the scan layout: (blocks, words, BLOCK_DOCS) uint64.
+
+    Word-major within each block of 64 documents, so the distance loop reads contiguous words of
+    64 documents at a time; bytes are zero-padded to whole words (XOR of padding is 0), so any
+    ``nbytes`` works. Build it once per corpus with :func:`prepare_bits`.
+    """
+
+    words: np.ndarray
+    n_docs: int
+    nbytes: int
+
+
+def _padded_words(bits: np.ndarray, rows: int) -> np.ndarray:
+    raw = np.ascontiguousarray(bits).view(np.uint8)
+    padded = np.zeros((rows, -(-raw.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:len(raw), :raw.shape[1]] = raw
+    return padded.view(np.uint64)
+
+
+def prepare_bits(doc_bits: np.ndarray) -> PreparedBits:
+    """(n, nbytes) int8/uint8 packed bits -> :class:`PreparedBits` (one copy of the corpus bits)."""
+    if doc_bits.ndim != 2 or doc_bits.dtype.itemsize != 1:
+        raise VespaQuantError(f"doc bits must be (n, nbytes) int8/uint8, got {doc_bits.dtype} {doc_bits.shape}")
+    n, nbytes = doc_bits.shape
+    blocks = max(1, -(-n // BLOCK_DOCS))
+    words = _padded_words(doc_bits, blocks * BLOCK_DOCS)
+    layout = words.reshape(blocks, BLOCK_DOCS, words.shape[1]).transpose(0, 2, 1)
+    return PreparedBits(np.ascontiguousarray(layout), n, nbytes)
+
+
+@njit(cache=True, nogil=True)
+def _block_distances(query_words, block, distance):  # type: ignore[no-untyped-def]
+    """Distances of one query to the 64 documents of a block; returns the smallest."""
+    word = query_words[0]
+    for i in range(BLOCK_DOCS):
+        distance[i] = _popcount(word ^ block[0, i])
+    for w in range(1, query_words.shape[0]):
+        word = query_words[w]
+        for i in range(BLOCK_DOCS):
+            distance[i] += _popcount(word ^ block[w, i])
+    nearest = distance[0]
+    for i in range(1, BLOCK_DOCS):
+        nearest = min(nearest, distance[i])
+    return nearest
+
+
+@njit(cache=True, nogil=True)
+def _hamming_part(query_words, blocks, first, last, n_docs, k, part,  # type: ignore[no-untyped-def]
+                  keys, rows, count, threshold):
+    distance = np.empty(BLOCK_DOCS, dtype=np.int64)
+    for b in range(first, last):
+        block = blocks[b]
+        for q in range(query_words.shape[0]):
+            if -_block_distances(query_words[q], block, distance) <= threshold[part, q]:
+                continue
+            for i in range(BLOCK_DOCS):
+                key = np.int32(-distance[i])
+                row = b * BLOCK_DOCS + i
+                if key > threshold[part, q] and row < n_docs:
+                    topk.push(keys, rows, count, threshold, part, q, key, row, k)
+
+
+def hamming_topk(query_bits: np.ndarray, doc_bits: np.ndarray | PreparedBits, k: int, *,
+                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per query the ``k`` nearest documents in Hamming distance: (distances int32, rows int64).
+
+    Sorted by (distance, row); entries past the corpus (k > n_docs) are (2**31 - 1, -1). Pass a
+    :class:`PreparedBits` to avoid laying out the corpus again on every call.
+    """
+    topk.check_k(k)
+    docs = doc_bits if isinstance(doc_bits, PreparedBits) else prepare_bits(doc_bits)
+    if query_bits.ndim != 2 or query_bits.shape[1] != docs.nbytes:
+        raise VespaQuantError(f"query bits have shape {query_bits.shape}, documents {docs.nbytes} bytes")
+    words = _padded_words(query_bits, len(query_bits))
+    parts = topk.threads_for(threads, docs.n_docs)
+    results = []
+    for s in topk.query_chunks(len(words)):
+        chunk = words[s:s + topk.QUERY_CHUNK]
+        state = topk.buffers(parts, len(chunk), k, np.int32)
+
+        def scan(part: int) -> None:
+            first, last = topk.span(part, parts, docs.words.shape[0])
+            _hamming_part(chunk, docs.words, first, last, docs.n_docs, k, part, *state)
+        topk.run_parts(scan, parts)
+        results.append(topk.finish(*state[:3], k, topk.INT32_MIN))
+    keys, rows = topk.joined(results, k, np.int32)
+    return np.where(rows >= 0, -keys.astype(np.int64), HAMMING_PAD).astype(np.int32), rows
