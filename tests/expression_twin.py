@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from vespa_quant.quantize import expr
-from vespa_quant.quantize.scoring import hamming_matrix
+from vespa_quant.quantize.scoring import hamming_matrix, vector_cells_as_float
 
 
 def evaluate(tree: expr.Expr, inputs: dict[str, np.ndarray], codes: dict[str, np.ndarray],
@@ -26,7 +26,7 @@ def evaluate(tree: expr.Expr, inputs: dict[str, np.ndarray], codes: dict[str, np
             array = np.asarray(inputs[node.name], dtype=np.float64)
             return array.reshape(n_queries, 1, -1) if array.ndim == 2 else array.reshape(n_queries, 1, 1)
         if isinstance(node, expr.Codes):
-            return np.asarray(codes[node.role], dtype=np.float64)[None, :, :]
+            return vector_cells_as_float(np.asarray(codes[node.role])).astype(np.float64)[None, :, :]
         if isinstance(node, expr.Bits):
             cells = np.ascontiguousarray(codes[node.role]).view(np.uint8)
             return np.unpackbits(cells, axis=1).astype(np.float64)[None, :, :]

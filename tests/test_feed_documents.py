@@ -23,6 +23,7 @@ from vespa_quant.vespa.wire import (
 )
 from vespa_quant.quantize.base import calibrate, encode, first_phase_query, query_inputs, sign_role
 from vespa_quant.quantize.methods.float_methods import round_to_bfloat16
+from vespa_quant.quantize.scoring import vector_cells_as_float
 from vespa_quant.quantize.registry import METHODS
 from vespa_quant.vespa.expressions import input_type
 from vespa_quant.vespa.naming import (
@@ -106,7 +107,8 @@ def test_feed_documents_round_trip_every_method_and_dim(encoded: dict) -> None:
                 assert len(text) == spec.cells * {"int8": 2, "bfloat16": 4, "float": 8}[spec.cell_type]
                 decoded = decode_tensor_hex(text, spec.cell_type)
                 assert decoded.shape == (spec.cells,)
-                assert np.array_equal(decoded, codes[spec.role][row]), (name, dim, spec.role)
+                assert np.array_equal(decoded, vector_cells_as_float(codes[spec.role][row:row + 1])[0]
+                                      if spec.cell_type == "bfloat16" else codes[spec.role][row]), (name, dim, spec.role)
     calibrated = sum(METHODS[n].needs_calibration for n, _ in codes_by_key)
     expected_fields = 1 + calibrated + sum(len(METHODS[n].fields(d)) for n, d in codes_by_key)
     assert len(operations[0]["fields"]) == expected_fields

@@ -78,7 +78,7 @@ def test_contract(name: str, rotation: str, vectors) -> None:
     codes = encode(method, docs, calibration)
     specs = {spec.role: spec for spec in method.fields(dim)}
     assert set(codes) == set(specs)
-    dtypes = {"int8": np.int8, "float": np.float32, "bfloat16": np.float32}
+    dtypes = {"int8": np.int8, "float": np.float32, "bfloat16": np.uint16}
     for role, spec in specs.items():
         assert codes[role].shape == (len(docs), spec.cells) and codes[role].dtype == dtypes[spec.cell_type]
     assert bytes_per_vector(method, dim) == sum(s.bytes for s in specs.values() if not s.paged)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vespa_quant.engine import scan
+from vespa_quant.engine import kernels, scan
 from vespa_quant.errors import VespaQuantError
 from vespa_quant.quantize.base import (
     Arrays,
@@ -63,17 +63,17 @@ class LocalIndex:
                  signs: np.ndarray | None = None) -> None:
         self.method, self.calibration = method, calibration
         self.n_docs = len(next(iter(codes.values())))
-        self.scorer = scan.DocScorer(doc_view(method, codes, calibration))
+        self.scorer = scan.DocScorer(lambda chunk: doc_view(method, chunk, calibration), codes)
         role = sign_role(method)
         bits = codes[role] if role is not None else signs
-        self.first_phase_bits = None if bits is None else scan.PackedBits(bits)
+        self.first_phase_bits = None if bits is None else kernels.prepare_bits(np.asarray(bits))
 
     def candidates(self, queries: np.ndarray, k1: int) -> np.ndarray:
         """(nq, min(k1, n)) rows of the Hamming top-``k1`` (ties: lowest rows)."""
         if self.first_phase_bits is None:
             raise VespaQuantError(f"{self.method.name} stores no sign bits and no shared sign bits were "
                                   "given: a two-phase search needs one of them")
-        return self.first_phase_bits.topk(first_phase_query(self.method, queries, self.calibration), k1)[1]
+        return scan.hamming_candidates(self.first_phase_bits, first_phase_query(self.method, queries, self.calibration), k1)
 
     def search(self, queries: np.ndarray, k: int = 100, k1: int | None = None) -> Hits:
         """Top-``k`` per query, by descending score (exhaustive, or two-phase with ``k1``)."""

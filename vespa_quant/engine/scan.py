@@ -1,97 +1,186 @@
-"""Scans of the engine: Hamming top-k, score top-k and candidate rescoring over one score shape.
+"""A method's documents, prepared once for the engine's compiled kernels (:mod:`.kernels`).
 
-The engine asks three things of a prepared corpus (:class:`PackedBits`, :class:`DocScorer`):
-the Hamming top-k of each query, the top-k by the method's score, and the scores of given
-candidate rows. Ties always go to the lowest row, the rule the engine documents
-(:mod:`vespa_quant.engine.local`).
+:class:`DocScorer` takes the score shape a method states (:mod:`vespa_quant.quantize.scoring`)
+and lays the documents out for the kernel that runs that shape fastest, exactly:
+
+* **table** codes (every scalar quantizer, transform coding): dimensions are grouped by their
+  bits and packed several per byte; a query's per-dimension tables become per-byte lookup tables
+  (ADC). When every dimension has the same 1-4 bits and there are no per-document factors, the
+  16-entry register tables of :mod:`.lut16` scan 16 documents at a time (where the CPU has them);
+  otherwise the byte tables of :mod:`.lut` (which also apply RaBitQ-style factors);
+* **vector** cells (float32, int8, bfloat16 bits): float32 GEMM blocks or row dots (:mod:`.dot`);
+* **bits** (binary_hamming): XOR + popcount over 64-bit words (:mod:`.hamming`).
+
+Documents are converted to a layout in row chunks, so a 1M-document corpus never exists as a
+(n, d) table of codes in memory. Candidate rescoring (the second phase) reads only the candidates.
+Ties go to the lowest row everywhere (the rule of :mod:`vespa_quant.engine.local`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
+from vespa_quant.engine import kernels, lut16
+from vespa_quant.errors import VespaQuantError
+from vespa_quant.quantize.base import Arrays
 from vespa_quant.quantize.scoring import (
+    BitDocs,
+    BitQueries,
     DocView,
     QueryView,
     TableDocs,
-    hamming_matrix,
-    reference_score,
+    TableQueries,
+    VectorDocs,
+    VectorQueries,
 )
 
-BLOCK = 16_384
+CHUNK_ROWS = 65_536
+"""Rows converted to the kernel layout at once: bounds the (rows, d) temporaries of a conversion."""
 
 
-def _take(docs: DocView, rows: np.ndarray) -> DocView:
-    if isinstance(docs, TableDocs):
-        return TableDocs(docs.codes[rows], docs.bits,
-                         None if docs.scale is None else docs.scale[rows],
-                         None if docs.bias is None else docs.bias[rows])
-    return type(docs)(getattr(docs, "vectors" if hasattr(docs, "vectors") else "bits")[rows])  # type: ignore[call-arg]
+def _chunks(codes: Arrays, n_docs: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    for start in range(0, n_docs, CHUNK_ROWS):
+        yield start, {role: array[start:start + CHUNK_ROWS] for role, array in codes.items()}
 
 
-def _n_rows(docs: DocView) -> int:
-    return len(docs.codes if isinstance(docs, TableDocs) else getattr(docs, "vectors", getattr(docs, "bits", None)))
+class _TableLayout:
+    """Table codes grouped by bits: packed bytes per group, the doc factors, and how to build luts."""
+
+    def __init__(self, first: TableDocs, n_docs: int) -> None:
+        self.bits = np.asarray(first.bits, dtype=np.int64)
+        self.groups = [(int(b), np.flatnonzero(self.bits == b)) for b in sorted(set(self.bits.tolist())) if b > 0]
+        self.zero = np.flatnonzero(self.bits == 0)
+        self.stored = [8 if b > 4 else b for b, _ in self.groups]
+        widths = [-(-len(index) // (8 // stored)) for (_, index), stored in zip(self.groups, self.stored)]
+        self.offsets = np.cumsum([0, *widths])
+        self.packed = np.zeros((n_docs, int(self.offsets[-1])), dtype=np.uint8)
+        self.scale = None if first.scale is None else np.zeros(n_docs, dtype=np.float32)
+        self.bias = None if first.bias is None else np.zeros(n_docs, dtype=np.float32)
+
+    def fill(self, start: int, view: TableDocs) -> None:
+        stop = start + len(view.codes)
+        for (bits, index), stored, at in zip(self.groups, self.stored, self.offsets):
+            packed = kernels.pack_codes(view.codes[:, index], stored)
+            self.packed[start:stop, at:at + packed.shape[1]] = packed
+        if self.scale is not None and view.scale is not None:
+            self.scale[start:stop] = view.scale
+        if self.bias is not None and view.bias is not None:
+            self.bias[start:stop] = view.bias
+
+    @property
+    def registers(self) -> bool:
+        """Whether the 16-entry register tables apply: one group of at most 4 bits, no doc factors."""
+        return (lut16.AVAILABLE and len(self.groups) == 1 and self.groups[0][0] <= 4 and not len(self.zero)
+                and self.scale is None and self.bias is None)
+
+    def luts(self, query: TableQueries) -> tuple[np.ndarray, np.ndarray]:
+        """(byte lookup tables (nq, bytes, 256), offset (nq,) incl. the 0-bit dimensions' constant)."""
+        tables = query.tables
+        parts = [kernels.build_luts(tables[:, index, :1 << stored], stored) if bits == stored
+                 else kernels.build_luts(_widened(tables[:, index, :1 << bits], stored), stored)
+                 for (bits, index), stored in zip(self.groups, self.stored)]
+        offset = np.asarray(query.offset, dtype=np.float64)
+        if len(self.zero):
+            offset = offset + tables[:, self.zero, 0].astype(np.float64).sum(axis=1)
+        return np.concatenate(parts, axis=1), offset
 
 
-def best_k(keys: np.ndarray, rows: np.ndarray, k: int, descending: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per query the ``k`` best (keys, rows), ordered by key then lowest row."""
-    order = np.lexsort((rows, -keys if descending else keys), axis=1)[:, :k]
-    return np.take_along_axis(keys, order, axis=1), np.take_along_axis(rows, order, axis=1)
-
-
-class PackedBits:
-    """Packed document bits for Hamming top-k."""
-
-    def __init__(self, bits: np.ndarray) -> None:
-        self.bits = np.ascontiguousarray(bits)
-
-    def topk(self, query_bits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        n = len(self.bits)
-        k = min(k, n)
-        best_d = np.zeros((len(query_bits), 0), dtype=np.int64)
-        best_r = np.zeros((len(query_bits), 0), dtype=np.int64)
-        for start in range(0, n, BLOCK):
-            distances = hamming_matrix(query_bits, self.bits[start:start + BLOCK]).astype(np.int64)
-            rows = np.broadcast_to(np.arange(start, start + distances.shape[1]), distances.shape)
-            best_d, best_r = best_k(np.concatenate([best_d, distances], axis=1),
-                                    np.concatenate([best_r, rows], axis=1), k, descending=False)
-        return best_d, best_r
+def _widened(tables: np.ndarray, stored: int) -> np.ndarray:
+    """Pad ``(nq, d, 2**bits)`` tables to ``2**stored`` entries (codes never reach the padding)."""
+    out = np.zeros((*tables.shape[:2], 1 << stored), dtype=tables.dtype)
+    out[:, :, :tables.shape[2]] = tables
+    return out
 
 
 class DocScorer:
-    """A method's documents in their score shape (:mod:`vespa_quant.quantize.scoring`)."""
+    """One method's encoded corpus in the layout of its kernel (see the module docstring)."""
 
-    def __init__(self, docs: DocView) -> None:
-        self.docs = docs
-        self.n_docs = _n_rows(docs)
+    def __init__(self, view_of: Callable[[Arrays], DocView], codes: Arrays) -> None:
+        self.n_docs = len(next(iter(codes.values())))
+        chunks = _chunks(codes, self.n_docs)
+        start, first_codes = next(chunks)
+        first = view_of(first_codes)
+        self.kind: type = type(first)
+        self.nibbles: np.ndarray | None = None
+        if isinstance(first, TableDocs):  # converted chunk by chunk: the (n, d) codes never exist at once
+            self.table = _TableLayout(first, self.n_docs)
+            self.table.fill(start, first)
+            for start, chunk in chunks:
+                view = view_of(chunk)
+                assert isinstance(view, TableDocs)
+                self.table.fill(start, view)
+            if self.table.registers:
+                self.nibbles = lut16.prepare_nibbles(self.table.packed)
+            return
+        whole = view_of(codes) if self.n_docs > CHUNK_ROWS else first  # views of cells and bits copy nothing
+        if isinstance(whole, VectorDocs):
+            self.vectors = np.asarray(whole.vectors)
+        elif isinstance(whole, BitDocs):
+            self.raw_bits = np.asarray(whole.bits)
+            self.bits = kernels.prepare_bits(self.raw_bits)
+        else:
+            raise VespaQuantError(f"unknown document score shape {type(first).__name__}")
 
     def topk(self, query: QueryView, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, self.n_docs)
-        n_queries = len(getattr(query, "tables", getattr(query, "queries", getattr(query, "bits", None))))
-        best_s = np.zeros((n_queries, 0))
-        best_r = np.zeros((n_queries, 0), dtype=np.int64)
-        for start in range(0, self.n_docs, BLOCK):
-            rows = np.arange(start, min(start + BLOCK, self.n_docs))
-            scores = reference_score(query, _take(self.docs, rows))
-            best_s, best_r = best_k(np.concatenate([best_s, scores], axis=1),
-                                    np.concatenate([best_r, np.broadcast_to(rows, scores.shape)], axis=1),
-                                    k, descending=True)
-        return best_s, best_r
+        """Per query the ``k`` best (scores, rows), by descending score then lowest row."""
+        if isinstance(query, TableQueries) and self.kind is TableDocs:
+            layout = self.table
+            if self.nibbles is not None:
+                bits = layout.groups[0][0]
+                scores, rows = lut16.nibble_topk(lut16.nibble_luts(query.tables, bits), self.nibbles, self.n_docs, k)
+                return _offset(scores, rows, query.offset), rows
+            luts, offset = layout.luts(query)
+            scores, rows = kernels.lut_topk(luts, layout.packed, k, doc_scale=layout.scale, doc_bias=layout.bias,
+                                            query_bias=query.bias_coef)
+            return _offset(scores, rows, offset), rows
+        if isinstance(query, VectorQueries) and self.kind is VectorDocs:
+            scores, rows = kernels.dot_topk(np.asarray(query.queries, dtype=np.float32), self.vectors, k)
+            return _offset(scores, rows, query.offset), rows
+        if isinstance(query, BitQueries) and self.kind is BitDocs:
+            distances, rows = kernels.hamming_topk(np.asarray(query.bits), self.bits, k)
+            return np.where(rows >= 0, 1.0 / (1.0 + distances.astype(np.float64)), -np.inf), rows
+        raise VespaQuantError(f"query shape {type(query).__name__} cannot score {self.kind.__name__} documents")
 
     def scores_at(self, query: QueryView, rows: np.ndarray) -> np.ndarray:
-        """(nq, m) scores of the given rows of each query."""
-        out = np.empty(rows.shape)
-        for q in range(len(rows)):
-            single = _query_row(query, q)
-            out[q] = reference_score(single, _take(self.docs, rows[q]))[0]
-        return out
+        """(nq, m) scores of the candidate ``rows`` of each query (-1 -> -inf)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if isinstance(query, TableQueries) and self.kind is TableDocs:
+            luts, offset = self.table.luts(query)
+            scores = kernels.lut_scores_at(luts, self.table.packed, rows, doc_scale=self.table.scale,
+                                           doc_bias=self.table.bias, query_bias=query.bias_coef)
+            return _offset(scores, rows, offset)
+        if isinstance(query, VectorQueries) and self.kind is VectorDocs:
+            scores = kernels.dot_scores_at(np.asarray(query.queries, dtype=np.float32), self.vectors, rows)
+            return _offset(scores, rows, query.offset)
+        if isinstance(query, BitQueries) and self.kind is BitDocs:
+            return closeness_at(np.asarray(query.bits), self.raw_bits, rows)
+        raise VespaQuantError(f"query shape {type(query).__name__} cannot score {self.kind.__name__} documents")
 
 
-def _query_row(query: QueryView, q: int) -> QueryView:
-    values = {name: (None if value is None else value[q:q + 1]) for name, value in vars(query).items()}
-    return type(query)(**values)
+def _offset(scores: np.ndarray, rows: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    """float64 scores with the per-query offset added (missing entries stay -inf)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if offset is not None:
+        scores = scores + np.asarray(offset, dtype=np.float64)[:, None]
+    return np.where(rows >= 0, scores, -np.inf)
+
+
+def closeness_at(query_bits: np.ndarray, doc_bits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``1 / (1 + hamming)`` of the candidate rows (few per query: a direct popcount)."""
+    taken = np.ascontiguousarray(doc_bits).view(np.uint8)[np.maximum(rows, 0)]  # (nq, m, bytes)
+    differing = np.bitwise_count(taken ^ np.ascontiguousarray(query_bits).view(np.uint8)[:, None, :])
+    closeness = 1.0 / (1.0 + differing.sum(axis=2, dtype=np.int64))
+    return np.where(rows >= 0, closeness, -np.inf)
+
+
+def hamming_candidates(prepared: kernels.PreparedBits, query_bits: np.ndarray, k1: int) -> np.ndarray:
+    """(nq, min(k1, n)) rows of the Hamming top-``k1`` (ties: lowest rows)."""
+    return kernels.hamming_topk(np.asarray(query_bits), prepared, k1)[1]
 
 
 def rerank(scores: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top-``k`` candidates of each query by descending score (ties: lowest row)."""
-    return best_k(scores, candidates, min(k, candidates.shape[1]), descending=True)
+    """The top-``k`` candidates of each query by descending score, ties by lowest row."""
+    order = np.lexsort((candidates, -scores), axis=1)[:, :min(k, candidates.shape[1])]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(candidates, order, axis=1)

@@ -125,6 +125,8 @@ def _encode(what: str, spec: TensorInput, rows: int) -> bytes:
     values = np.asarray(spec.values)
     if values.shape[0] != rows or values.size != rows * cells:
         raise VespaError(f"{what}: values of shape {values.shape}, expected {rows} rows of {spec.type}")
+    if cell == "bfloat16" and values.dtype == np.uint16:
+        return values.astype("<u2").tobytes()  # the stored bits already
     if cell == "bfloat16":
         bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
         if np.any(bits & 0xFFFF):

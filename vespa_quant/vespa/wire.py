@@ -36,7 +36,7 @@ import numpy as np
 
 from vespa_quant.errors import VespaError
 from vespa_quant.quantize.base import Calibration, Quantizer
-from vespa_quant.quantize.methods.float_methods import round_to_bfloat16
+from vespa_quant.quantize.methods.float_methods import bfloat16_bits
 from vespa_quant.vespa.expressions import input_type
 from vespa_quant.vespa.naming import (
     DOC_ID_FIELD,
@@ -84,9 +84,10 @@ def _hex_rows(rows: np.ndarray, cell_type: str) -> list[str]:
             rows = rows.astype(np.int8)
         raw = np.ascontiguousarray(rows).view(np.uint8)
     elif cell_type == "bfloat16":
-        # Round to nearest even first, so the stored cell is the nearest bfloat16 even for values
-        # that are not already representable; the upper 16 bits are then exact.
-        upper = (round_to_bfloat16(rows).view(np.uint32) >> 16).astype(">u2")
+        # uint16 rows are the stored bits already; float rows are rounded to nearest even first, so the
+        # stored cell is the nearest bfloat16 even for values that are not already representable.
+        bits = rows if rows.dtype == np.uint16 else bfloat16_bits(rows)
+        upper = bits.astype(">u2")
         raw = np.ascontiguousarray(upper).view(np.uint8)
     else:
         raw = np.ascontiguousarray(rows.astype(_BIG_ENDIAN[cell_type])).view(np.uint8)

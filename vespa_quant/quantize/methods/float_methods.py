@@ -8,7 +8,16 @@ import numpy as np
 
 from vespa_quant.quantize.base import Arrays, CodeField, InputSpec
 from vespa_quant.quantize.expr import Codes, Expr, QueryInput, dot
-from vespa_quant.quantize.scoring import VectorDocs, VectorQueries
+from vespa_quant.quantize.scoring import VectorDocs, VectorQueries, vector_cells_as_float
+
+
+def bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as the 16 stored bits (uint16).
+
+    The upper half of the rounded float32: what a ``tensor<bfloat16>`` cell holds, at half the
+    memory of float32 (a 1M x 384 corpus is 768 MB, not 1.5 GB).
+    """
+    return (round_to_bfloat16(vectors).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
 
 
 def round_to_bfloat16(vectors: np.ndarray) -> np.ndarray:
@@ -45,23 +54,21 @@ class FloatCells:
         return {}
 
     def encode(self, vectors: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
+        """float32 cells, or for bfloat16 the 16 stored bits of each rounded value (uint16)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return {"vector": round_to_bfloat16(vectors) if self.cell_type == "bfloat16" else vectors}
+        return {"vector": bfloat16_bits(vectors) if self.cell_type == "bfloat16" else vectors}
 
     def query_inputs(self, queries: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
         return {"q": np.asarray(queries, dtype=np.float32)}
 
     def doc_view(self, codes: Arrays, constants: Arrays) -> VectorDocs:
-        vectors = np.asarray(codes["vector"], dtype=np.float32)
-        if self.cell_type == "bfloat16":
-            return VectorDocs((np.ascontiguousarray(vectors).view(np.uint32) >> np.uint32(16)).astype(np.uint16))
-        return VectorDocs(vectors)
+        return VectorDocs(np.asarray(codes["vector"]))
 
     def query_view(self, queries: np.ndarray, constants: Arrays) -> VectorQueries:
         return VectorQueries(np.asarray(queries, dtype=np.float32))
 
     def reconstruct(self, codes: Arrays, constants: Arrays) -> np.ndarray:
-        return np.asarray(codes["vector"], dtype=np.float32)
+        return vector_cells_as_float(np.asarray(codes["vector"]))
 
 
 METHODS = (FloatCells("float32"), FloatCells("bfloat16", cell_type="bfloat16"))
