@@ -33,6 +33,7 @@ import numpy as np
 
 from vespa_quant.errors import CalibrationError
 from vespa_quant.files import atomic_write_bytes
+from vespa_quant.quantize import fit
 from vespa_quant.quantize.bits import pack_bits
 from vespa_quant.quantize.expr import Expr
 from vespa_quant.quantize.rotation import ROTATIONS, learn_rotation
@@ -242,20 +243,8 @@ def robust_scale(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     every document lands in the same bucket, so any positive scale keeps scores finite without
     changing the ranking.
     """
-    values = np.asarray(corpus, dtype=np.float32)
-    sigma = values.std(axis=0, dtype=np.float64)
-    median = np.median(values, axis=0).astype(np.float64)
-    return median, np.where(sigma > 0, sigma, 1.0)
-
-
-def calibration_sample(corpus: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
-    """At most ``max_rows`` rows of ``corpus`` (a seeded sample, in corpus order), as float32."""
-    if max_rows <= 0:
-        raise CalibrationError(f"calibration sample size must be positive, got {max_rows}")
-    if len(corpus) <= max_rows:
-        return np.asarray(corpus, dtype=np.float32)
-    rows = np.sort(np.random.default_rng(seed).choice(len(corpus), size=max_rows, replace=False))
-    return np.asarray(corpus[rows], dtype=np.float32)
+    sigma = fit.std(corpus, np.float64)
+    return fit.median(corpus).astype(np.float64), np.where(sigma > 0, sigma, 1.0)
 
 
 def _check_vectors(vectors: np.ndarray, dim: int | None, what: str) -> np.ndarray:
@@ -288,7 +277,7 @@ def calibrate(method: Quantizer, corpus: np.ndarray, rotation: str = "none", see
     if len(corpus) == 0:
         raise CalibrationError("calibration corpus is empty")
     dim = corpus.shape[1]
-    rows = calibration_sample(corpus, sample, seed)
+    rows = np.asarray(fit.calibration_sample(corpus, sample, seed), dtype=np.float32)
     if queries is not None:
         queries = _check_vectors(queries, dim, "calibration queries")
     if like is not None and (like.rotation, like.dim) != (rotation, dim):

@@ -17,6 +17,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 from scipy.special import ndtr
 
+from vespa_quant.quantize import fit
 from vespa_quant.quantize.base import Arrays, robust_scale
 
 BRIEF_GAUSS_4 = (np.array([-0.9816, 0.0, 0.9816]), np.array([-1.5104, -0.4528, 0.4528, 1.5104]))
@@ -52,15 +53,23 @@ def bucketize(values: np.ndarray, boundaries: np.ndarray, upper_on_tie: bool = T
     return codes
 
 
-def bucket_means(values: np.ndarray, codes: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """(d, L) mean of the values in each bucket; an empty bucket keeps ``fallback``."""
+def bucket_means(values: np.ndarray, codes: np.ndarray, fallback: np.ndarray, block: int = 32) -> np.ndarray:
+    """(d, L) mean of the values in each bucket; an empty bucket keeps ``fallback``.
+
+    Computed ``block`` dimensions at a time, so the temporaries are (n, block), not (n, d).
+    """
     n, dim = values.shape
     levels = fallback.shape[1]
-    flat = (np.arange(dim)[None, :] * levels + codes).ravel()
-    sums = np.bincount(flat, weights=values.astype(np.float64).ravel(), minlength=dim * levels)
-    counts = np.bincount(flat, minlength=dim * levels)
-    means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
-    return np.where(counts > 0, means, fallback.ravel()).reshape(dim, levels)
+    out = np.empty((dim, levels))
+    for start in range(0, dim, block):
+        width = min(block, dim - start)
+        flat = (np.arange(width)[None, :] * levels + codes[:, start:start + width]).ravel()
+        sums = np.bincount(flat, weights=np.asarray(values[:, start:start + width], dtype=np.float64).ravel(),
+                           minlength=width * levels)
+        counts = np.bincount(flat, minlength=width * levels)
+        means = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
+        out[start:start + width] = np.where(counts > 0, means, fallback[start:start + width].ravel()).reshape(width, levels)
+    return out
 
 
 class FitRule(Protocol):
@@ -159,12 +168,11 @@ class Quantiles(_Tabled):
     """Equal-count buckets (per-dimension quantiles), per-bucket means as levels (research README)."""
 
     def fit(self, corpus: np.ndarray, levels: int, queries: np.ndarray | None) -> dict[str, np.ndarray]:
-        values = np.asarray(corpus, dtype=np.float64)
-        boundaries = np.quantile(values, np.arange(1, levels) / levels, axis=0).T
+        boundaries = fit.quantiles(corpus, np.arange(1, levels) / levels).T.astype(np.float64)
         edges = np.column_stack([boundaries[:, :1], boundaries, boundaries[:, -1:]])
         fallback = 0.5 * (edges[:, :-1] + edges[:, 1:])
         median, sigma = robust_scale(corpus)
-        return {"boundaries": boundaries, "levels": bucket_means(values, bucketize(values, boundaries), fallback),
+        return {"boundaries": boundaries, "levels": bucket_means(corpus, bucketize(corpus, boundaries), fallback),
                 "median": median, "sigma": sigma}
 
     def design_occupancy(self, levels: int) -> np.ndarray:
@@ -222,10 +230,7 @@ class EmpiricalLloydMax(_Tabled):
     iterations: int = 20
 
     def fit(self, corpus: np.ndarray, levels: int, queries: np.ndarray | None) -> dict[str, np.ndarray]:
-        values = np.asarray(corpus, dtype=np.float64)
         median, sigma = robust_scale(corpus)
-        table = median[:, None] + sigma[:, None] * gauss_lloyd_max(levels)[1][None, :]
-        for _ in range(self.iterations):
-            boundaries = 0.5 * (table[:, :-1] + table[:, 1:])
-            table = np.sort(bucket_means(values, bucketize(values, boundaries), table), axis=1)
-        return {"boundaries": 0.5 * (table[:, :-1] + table[:, 1:]), "levels": table, "median": median, "sigma": sigma}
+        start = median[:, None] + sigma[:, None] * gauss_lloyd_max(levels)[1][None, :]
+        table, boundaries = fit.lloyd_max(corpus, start, self.iterations)  # sort once, prefix sums per iteration
+        return {"boundaries": boundaries, "levels": table, "median": median, "sigma": sigma}
