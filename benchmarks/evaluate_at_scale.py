@@ -42,7 +42,7 @@ def synthetic_corpus(work: Path, n_docs: int, n_queries: int, seed: int = 0) -> 
         block = moments["mean"] + rng.standard_normal((min(100_000, n_docs - start), factor.shape[0])) @ factor.T
         docs[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     targets = rng.choice(n_docs, size=n_queries, replace=False)
-    noisy = docs[targets] + 0.3 * rng.standard_normal((n_queries, docs.shape[1])) * np.sqrt(np.diag(moments["covariance"]))
+    noisy = docs[targets] + 1.5 * rng.standard_normal((n_queries, docs.shape[1])) * np.sqrt(np.diag(moments["covariance"]))
     np.save(folder / "queries.npy", (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32))
     docs.flush()
     (folder / "docs.ids").write_text("".join(f"d{i}\n" for i in range(n_docs)))

@@ -61,12 +61,19 @@ class LocalIndex:
 
     def __init__(self, method: Quantizer, calibration: Calibration, codes: Arrays,
                  signs: np.ndarray | None = None) -> None:
-        self.method, self.calibration = method, calibration
+        self.method, self.calibration, self.codes = method, calibration, codes
         self.n_docs = len(next(iter(codes.values())))
-        self.scorer = scan.DocScorer(lambda chunk: doc_view(method, chunk, calibration), codes)
+        self._scorer: scan.DocScorer | None = None
         role = sign_role(method)
         bits = codes[role] if role is not None else signs
         self.first_phase_bits = None if bits is None else kernels.prepare_bits(np.asarray(bits))
+
+    @property
+    def scorer(self) -> scan.DocScorer:
+        """The documents in their kernel layout, built on first use (candidates alone need only the bits)."""
+        if self._scorer is None:
+            self._scorer = scan.DocScorer(lambda chunk: doc_view(self.method, chunk, self.calibration), self.codes)
+        return self._scorer
 
     def candidates(self, queries: np.ndarray, k1: int) -> np.ndarray:
         """(nq, min(k1, n)) rows of the Hamming top-``k1`` (ties: lowest rows)."""
