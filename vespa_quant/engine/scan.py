@@ -3,11 +3,11 @@
 :class:`DocScorer` takes the score shape a method states (:mod:`vespa_quant.quantize.scoring`)
 and lays the documents out for the kernel that runs that shape fastest, exactly:
 
-* **table** codes (every scalar quantizer, transform coding): dimensions are grouped by their
-  bits and packed several per byte; a query's per-dimension tables become per-byte lookup tables
-  (ADC). When every dimension has the same 1-4 bits and there are no per-document factors, the
-  16-entry register tables of :mod:`.lut16` scan 16 documents at a time (where the CPU has them);
-  otherwise the byte tables of :mod:`.lut` (which also apply RaBitQ-style factors);
+* **table** codes (every scalar quantizer, transform coding): when the score factors as
+  ``u[q, i] * levels[i, c]`` the codes become packed codes with their levels (:mod:`.dot`): 16-entry
+  register tables (:mod:`.lut16`) for 1-4 bits where the CPU has them, else byte tables for a few
+  queries and decode + float32 GEMM for a batch; otherwise (per-document factors, a bias) the
+  dimensions are grouped by bits and scored by per-byte lookup tables (ADC, :mod:`.lut`);
 * **vector** cells (float32, int8, bfloat16 bits): float32 GEMM blocks or row dots (:mod:`.dot`);
 * **bits** (binary_hamming): XOR + popcount over 64-bit words (:mod:`.hamming`).
 
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from vespa_quant.engine import kernels, lut16
+from vespa_quant.engine import kernels
 from vespa_quant.errors import VespaQuantError
 from vespa_quant.quantize.base import Arrays
 from vespa_quant.quantize.scoring import (
@@ -46,18 +46,38 @@ def _chunks(codes: Arrays, n_docs: int) -> Iterator[tuple[int, dict[str, np.ndar
 
 
 class _TableLayout:
-    """Table codes grouped by bits: packed bytes per group, the doc factors, and how to build luts."""
+    """Table codes in the layout of their kernel.
+
+    Factored documents (``levels`` given, no per-document factors) become one
+    :class:`~vespa_quant.engine.dot.PackedCodes`: codes of one depth of at most 4 bits packed
+    several per byte (register or byte tables, or decode + GEMM), any other mix of depths one code
+    byte per coded dimension (decode + GEMM for a batch). Otherwise dimensions are grouped by bits,
+    packed per group, and scored by byte lookup tables with the per-document factors.
+    """
 
     def __init__(self, first: TableDocs, n_docs: int) -> None:
         self.bits = np.asarray(first.bits, dtype=np.int64)
-        self.groups = [(int(b), np.flatnonzero(self.bits == b)) for b in sorted(set(self.bits.tolist())) if b > 0]
+        self.coded = np.flatnonzero(self.bits > 0)
         self.zero = np.flatnonzero(self.bits == 0)
+        self.factored = first.levels is not None and first.scale is None and first.bias is None
+        depths = sorted(set(self.bits[self.coded].tolist()))
+        self.packed_bits = depths[0] if len(depths) == 1 and depths[0] <= 4 else 8
+        if self.factored:
+            assert first.levels is not None
+            levels = np.zeros((len(self.coded), 1 << self.packed_bits), dtype=np.float32)
+            width = min(first.levels.shape[1], levels.shape[1])
+            levels[:, :width] = first.levels[self.coded, :width]
+            self.levels = levels
+            self.groups = [(self.packed_bits, self.coded)]
+        else:
+            self.groups = [(int(b), np.flatnonzero(self.bits == b)) for b in depths]
         self.stored = [8 if b > 4 else b for b, _ in self.groups]
         widths = [-(-len(index) // (8 // stored)) for (_, index), stored in zip(self.groups, self.stored)]
         self.offsets = np.cumsum([0, *widths])
         self.packed = np.zeros((n_docs, int(self.offsets[-1])), dtype=np.uint8)
         self.scale = None if first.scale is None else np.zeros(n_docs, dtype=np.float32)
         self.bias = None if first.bias is None else np.zeros(n_docs, dtype=np.float32)
+        self.doc_levels = first.levels
 
     def fill(self, start: int, view: TableDocs) -> None:
         stop = start + len(view.codes)
@@ -69,28 +89,58 @@ class _TableLayout:
         if self.bias is not None and view.bias is not None:
             self.bias[start:stop] = view.bias
 
-    @property
-    def registers(self) -> bool:
-        """Whether the 16-entry register tables apply: one group of at most 4 bits, no doc factors."""
-        return (lut16.AVAILABLE and len(self.groups) == 1 and self.groups[0][0] <= 4 and not len(self.zero)
-                and self.scale is None and self.bias is None)
+    def finish(self) -> None:
+        self.codes = kernels.PackedCodes(self.packed, self.levels, self.packed_bits) if self.factored else None
+
+    def tables(self, query: TableQueries) -> np.ndarray:
+        """(nq, d, L) tables of every dimension (factors x levels for a factored query)."""
+        if query.tables is not None:
+            return np.asarray(query.tables)
+        if query.factors is None or self.doc_levels is None:
+            raise VespaQuantError("a table query needs tables, or factors against documents with levels")
+        return np.asarray(query.factors, dtype=np.float64)[:, :, None] * np.asarray(self.doc_levels)[None]
+
+    def constant(self, query: TableQueries, tables: np.ndarray | None = None) -> np.ndarray:
+        """The per-query offset plus what the 0-bit dimensions contribute (their one code, 0)."""
+        offset = np.asarray(query.offset, dtype=np.float64)
+        if len(self.zero):
+            if tables is None and query.factors is not None and self.doc_levels is not None:
+                return offset + (np.asarray(query.factors, dtype=np.float64)[:, self.zero]
+                                 * np.asarray(self.doc_levels)[self.zero, 0]).sum(axis=1)
+            tables = self.tables(query) if tables is None else tables
+            offset = offset + tables[:, self.zero, 0].astype(np.float64).sum(axis=1)
+        return offset
 
     def luts(self, query: TableQueries) -> tuple[np.ndarray, np.ndarray]:
         """(byte lookup tables (nq, bytes, 256), offset (nq,) incl. the 0-bit dimensions' constant)."""
-        tables = query.tables
-        parts = [kernels.build_luts(tables[:, index, :1 << stored], stored) if bits == stored
-                 else kernels.build_luts(_widened(tables[:, index, :1 << bits], stored), stored)
+        tables = self.tables(query)
+        parts = [kernels.build_luts(_widened(tables[:, index, :1 << min(bits, 8)], stored), stored)
                  for (bits, index), stored in zip(self.groups, self.stored)]
-        offset = np.asarray(query.offset, dtype=np.float64)
-        if len(self.zero):
-            offset = offset + tables[:, self.zero, 0].astype(np.float64).sum(axis=1)
-        return np.concatenate(parts, axis=1), offset
+        return np.concatenate(parts, axis=1), self.constant(query, tables)
+
+    def doc_factors(self, query: TableQueries) -> dict[str, np.ndarray | None]:
+        """The kernels' per-document factors: all three or none (a missing one is neutral)."""
+        if self.scale is None and self.bias is None:
+            return {"doc_scale": None, "doc_bias": None, "query_bias": None}
+        n_queries = len(query.offset)
+        return {"doc_scale": self.scale if self.scale is not None else np.ones(len(self.packed), dtype=np.float32),
+                "doc_bias": self.bias if self.bias is not None else np.zeros(len(self.packed), dtype=np.float32),
+                "query_bias": (np.asarray(query.bias_coef, dtype=np.float32) if query.bias_coef is not None
+                               and self.bias is not None else np.zeros(n_queries, dtype=np.float32))}
+
+    def factors(self, query: TableQueries) -> np.ndarray | None:
+        """The coded dimensions' query factors, when the packed-codes kernels apply."""
+        if self.codes is None or query.factors is None or query.tables is not None:
+            return None
+        return np.ascontiguousarray(np.asarray(query.factors, dtype=np.float32)[:, self.coded])
 
 
 def _widened(tables: np.ndarray, stored: int) -> np.ndarray:
-    """Pad ``(nq, d, 2**bits)`` tables to ``2**stored`` entries (codes never reach the padding)."""
+    """Pad ``(nq, d, L)`` tables to ``2**stored`` entries (codes never reach the padding)."""
+    if tables.shape[2] == 1 << stored:
+        return tables
     out = np.zeros((*tables.shape[:2], 1 << stored), dtype=tables.dtype)
-    out[:, :, :tables.shape[2]] = tables
+    out[:, :, :min(tables.shape[2], 1 << stored)] = tables[:, :, :1 << stored]
     return out
 
 
@@ -103,7 +153,6 @@ class DocScorer:
         start, first_codes = next(chunks)
         first = view_of(first_codes)
         self.kind: type = type(first)
-        self.nibbles: np.ndarray | None = None
         if isinstance(first, TableDocs):  # converted chunk by chunk: the (n, d) codes never exist at once
             self.table = _TableLayout(first, self.n_docs)
             self.table.fill(start, first)
@@ -111,8 +160,7 @@ class DocScorer:
                 view = view_of(chunk)
                 assert isinstance(view, TableDocs)
                 self.table.fill(start, view)
-            if self.table.registers:
-                self.nibbles = lut16.prepare_nibbles(self.table.packed)
+            self.table.finish()
             return
         whole = view_of(codes) if self.n_docs > CHUNK_ROWS else first  # views of cells and bits copy nothing
         if isinstance(whole, VectorDocs):
@@ -127,13 +175,12 @@ class DocScorer:
         """Per query the ``k`` best (scores, rows), by descending score then lowest row."""
         if isinstance(query, TableQueries) and self.kind is TableDocs:
             layout = self.table
-            if self.nibbles is not None:
-                bits = layout.groups[0][0]
-                scores, rows = lut16.nibble_topk(lut16.nibble_luts(query.tables, bits), self.nibbles, self.n_docs, k)
-                return _offset(scores, rows, query.offset), rows
+            factors = layout.factors(query)
+            if factors is not None and layout.codes is not None:
+                scores, rows = kernels.dot_topk(factors, layout.codes, k)
+                return _offset(scores, rows, layout.constant(query)), rows
             luts, offset = layout.luts(query)
-            scores, rows = kernels.lut_topk(luts, layout.packed, k, doc_scale=layout.scale, doc_bias=layout.bias,
-                                            query_bias=query.bias_coef)
+            scores, rows = kernels.lut_topk(luts, layout.packed, k, **layout.doc_factors(query))
             return _offset(scores, rows, offset), rows
         if isinstance(query, VectorQueries) and self.kind is VectorDocs:
             scores, rows = kernels.dot_topk(np.asarray(query.queries, dtype=np.float32), self.vectors, k)
@@ -147,9 +194,13 @@ class DocScorer:
         """(nq, m) scores of the candidate ``rows`` of each query (-1 -> -inf)."""
         rows = np.asarray(rows, dtype=np.int64)
         if isinstance(query, TableQueries) and self.kind is TableDocs:
-            luts, offset = self.table.luts(query)
-            scores = kernels.lut_scores_at(luts, self.table.packed, rows, doc_scale=self.table.scale,
-                                           doc_bias=self.table.bias, query_bias=query.bias_coef)
+            layout = self.table
+            factors = layout.factors(query)
+            if factors is not None and layout.codes is not None:  # byte tables of the packed codes
+                luts = kernels.build_luts(layout.codes.tables(factors), layout.packed_bits)
+                return _offset(kernels.lut_scores_at(luts, layout.codes.codes, rows), rows, layout.constant(query))
+            luts, offset = layout.luts(query)
+            scores = kernels.lut_scores_at(luts, layout.packed, rows, **layout.doc_factors(query))
             return _offset(scores, rows, offset)
         if isinstance(query, VectorQueries) and self.kind is VectorDocs:
             scores = kernels.dot_scores_at(np.asarray(query.queries, dtype=np.float32), self.vectors, rows)

@@ -59,8 +59,13 @@ def float32_reference(docs: np.ndarray, queries: np.ndarray, depth: int = AGREEM
     docs = np.asarray(docs, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
     depth = min(depth, len(docs))
-    rows = kernels.dot_topk(queries, docs, depth)[1].astype(np.intp)  # the engine's exact float32 scan
-    exact = np.einsum("qd,qkd->qk", queries.astype(np.float64), docs[rows].astype(np.float64))
+    return exact_reference(docs, queries, kernels.dot_topk(queries, docs, depth)[1])  # the engine's float32 scan
+
+
+def exact_reference(docs: np.ndarray, queries: np.ndarray, rows: np.ndarray, depth: int = AGREEMENT_DEPTH) -> Reference:
+    """The :class:`Reference` of float32 top rows already found (their first ``depth``), scored in float64."""
+    rows = np.asarray(rows, dtype=np.intp)[:, :min(depth, len(docs))]
+    exact = np.einsum("qd,qkd->qk", np.asarray(queries, dtype=np.float64), np.asarray(docs)[rows].astype(np.float64))
     return Reference(rows, exact)
 
 

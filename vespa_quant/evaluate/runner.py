@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 
 from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.engine.local import DEFAULT_K1, Hits, check_search_counts, search
-from vespa_quant.evaluate.agreement import agreement_fields, float32_reference, method_mse, method_scores_at
+from vespa_quant.evaluate.agreement import (
+    AGREEMENT_DEPTH,
+    Reference,
+    agreement_fields,
+    exact_reference,
+    method_mse,
+    method_scores_at,
+)
 from vespa_quant.evaluate.metrics import bootstrap_ci, paired_bootstrap, per_query_metrics, run_from_topk
 from vespa_quant.quantize.base import (
     Arrays,
@@ -90,17 +97,31 @@ def score_hits(embedded: EmbeddedDataset, hits: Hits) -> dict[str, np.ndarray]:
     return per_query_metrics(dataset.qrels, run, (NDCG, RECALL)).values
 
 
-def float32_baseline(embedded: EmbeddedDataset, dim: int, hits: int = 100) -> np.ndarray:
-    """Per-query NDCG@10 of exhaustive float32 search in process: what every method is compared with.
+@dataclass(frozen=True)
+class Float32Truth:
+    """One exhaustive float32 search per dim, in process: the baseline every method is compared with
+    (per-query NDCG@10), the float32 top-100 the rank agreement is measured on, and the float32 row's
+    own hits. Exact float32 search is the same on every backend, so a Vespa evaluation of one method
+    needs no float32 fed, and a two-phase row is compared with the true float32 ranking."""
 
-    Exact float32 search is the same on every backend, so a Vespa evaluation of one method
-    needs no float32 fed, and a two-phase row is compared with the true float32 ranking.
-    """
+    hits: Hits
+    ndcg: np.ndarray
+    reference: Reference
+
+
+def float32_truth(embedded: EmbeddedDataset, dim: int, hits: int = 100) -> Float32Truth:
     docs, queries = embedded.at_dim(dim)
     float32 = get_method("float32")
     calibration = calibrate(float32, docs[:1])
-    hits_found = search(float32, calibration, {"vector": np.asarray(docs, dtype=np.float32)}, queries, k=hits)
-    return score_hits(embedded, hits_found)[NDCG]
+    depth = max(hits, AGREEMENT_DEPTH)
+    found = search(float32, calibration, {"vector": np.asarray(docs, dtype=np.float32)}, queries, k=depth)
+    top = Hits(found.indices[:, :hits], found.scores[:, :hits])
+    return Float32Truth(top, score_hits(embedded, top)[NDCG], exact_reference(docs, queries, found.indices))
+
+
+def float32_baseline(embedded: EmbeddedDataset, dim: int, hits: int = 100) -> np.ndarray:
+    """Per-query NDCG@10 of exhaustive float32 search in process (:class:`Float32Truth`)."""
+    return float32_truth(embedded, dim, hits).ndcg
 
 
 def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequence[int], *,
@@ -112,7 +133,7 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
     ``peers`` names peer families (:func:`~vespa_quant.evaluate.peers.parse_peers`); their rows
     follow ours at each dim, compared also with our best row at their byte budget.
 
-    The baseline is :func:`float32_baseline`. ``seed`` seeds rotations and calibration samples,
+    The baseline is :func:`float32_truth`. ``seed`` seeds rotations and calibration samples,
     ``bootstrap_seed`` the query resampling of the CIs, so one can vary without the other.
     """
     check_search_counts(hits, k1)
@@ -125,8 +146,8 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
     for dim in dims:
         docs, queries = embedded.at_dim(dim)
         signs = shared_sign_bits(docs) if k1 is not None else None
-        baseline = float32_baseline(embedded, dim, hits)
-        reference = float32_reference(docs, queries)
+        truth = float32_truth(embedded, dim, hits)
+        baseline, reference = truth.ndcg, truth.reference
         dim_rows: list[dict] = []
         ours_ndcg: dict[str, np.ndarray] = {}
         for method in methods:
@@ -135,7 +156,10 @@ def evaluate(embedded: EmbeddedDataset, methods: Sequence[Quantizer], dims: Sequ
                            or calibrate(method, docs, rotation=rotation, seed=seed))
             codes = encode(method, docs, calibration)
             method_k1 = DEFAULT_K1 if k1 is None and method.always_first_phase else k1
-            found = backend.search(method, calibration, codes, queries, hits, k1=method_k1, signs=signs)
+            if method.name == "float32" and method_k1 is None and isinstance(backend, LocalBackend):
+                found = BackendHits(truth.hits)  # the same exhaustive float32 search, done once
+            else:
+                found = backend.search(method, calibration, codes, queries, hits, k1=method_k1, signs=signs)
             agreement = agreement_fields(reference, method_scores_at(
                 method, calibration, codes, queries, reference.rows, k1=method_k1, signs=signs),
                 method_mse(method, calibration, codes, docs))

@@ -38,16 +38,31 @@ class TableDocs:
     """(n,) ``a_n``, multiplying the table sum (1 when None)."""
     bias: np.ndarray | None = None
     """(n,) ``b_n``, multiplied by the query's ``bias_coef`` (0 when None)."""
+    levels: np.ndarray | None = None
+    """(d, L) per-dimension levels when the score factors as ``Q[q, i, c] = u[q, i] * levels[i, c]``
+    (every scalar quantizer, transform coding): the queries then give ``factors`` ``u`` instead of
+    tables, and the engine can decode a block of documents and multiply it by all queries at once."""
 
 
 @dataclass(frozen=True)
 class TableQueries:
-    tables: np.ndarray
-    """(nq, d, L) float: ``Q[q, i, c]``, the score contribution of code ``c`` in dimension ``i``."""
     offset: np.ndarray
     """(nq,) float64 added to every score of the query (ranking-neutral, kept for exactness)."""
+    tables: np.ndarray | None = None
+    """(nq, d, L) float: ``Q[q, i, c]``, the score contribution of code ``c`` in dimension ``i``."""
+    factors: np.ndarray | None = None
+    """(nq, d) ``u[q, i]`` of the factored form (documents with ``levels``), instead of ``tables``."""
     bias_coef: np.ndarray | None = None
     """(nq,) ``g_q`` multiplying the documents' ``bias``."""
+
+
+def query_tables(query: TableQueries, docs: TableDocs) -> np.ndarray:
+    """(nq, d, L) tables of ``query`` against ``docs``: given, or ``factors x levels`` (float64)."""
+    if query.tables is not None:
+        return np.asarray(query.tables, dtype=np.float64)
+    if query.factors is None or docs.levels is None:
+        raise CalibrationError("a table query needs tables, or factors against documents with levels")
+    return np.asarray(query.factors, dtype=np.float64)[:, :, None] * np.asarray(docs.levels, dtype=np.float64)[None]
 
 
 @dataclass(frozen=True)
@@ -96,9 +111,9 @@ def reference_score(query: QueryView, docs: DocView) -> np.ndarray:
     """(nq, n) scores in float64: the definition of each shape, for tests and small corpora."""
     if isinstance(query, TableQueries) and isinstance(docs, TableDocs):
         n, d = docs.codes.shape
-        if query.tables.shape[1] != d:
-            raise CalibrationError(f"query tables cover {query.tables.shape[1]} dims, codes {d}")
-        tables = query.tables.astype(np.float64)
+        tables = query_tables(query, docs)
+        if tables.shape[1] != d:
+            raise CalibrationError(f"query tables cover {tables.shape[1]} dims, codes {d}")
         codes = docs.codes.astype(np.intp)
         scores = np.zeros((len(tables), n))
         for i in range(d):
@@ -127,11 +142,13 @@ def reference_score_at(query: QueryView, docs: DocView, rows: np.ndarray, block:
     if rows.ndim != 2:
         raise CalibrationError(f"rows have shape {rows.shape}, expected (n_queries, k)")
     out = np.empty(rows.shape, dtype=np.float64)
+    tables = query_tables(query, docs) if isinstance(query, TableQueries) and isinstance(docs, TableDocs) else None
     for start in range(0, len(rows), block):
         part, at = slice(start, start + block), rows[start:start + block]
         if isinstance(query, TableQueries) and isinstance(docs, TableDocs):
             codes = docs.codes[at].astype(np.intp).transpose(0, 2, 1)  # (b, d, k)
-            scores = np.take_along_axis(query.tables[part].astype(np.float64), codes, axis=2).sum(axis=1)
+            assert tables is not None
+            scores = np.take_along_axis(tables[part], codes, axis=2).sum(axis=1)
             if docs.scale is not None:
                 scores *= docs.scale.astype(np.float64)[at]
             if docs.bias is not None and query.bias_coef is not None:

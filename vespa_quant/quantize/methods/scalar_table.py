@@ -114,11 +114,16 @@ class ScalarTable:
         return {**weights, "offset": offset}
 
     def doc_view(self, codes: Arrays, constants: Arrays) -> TableDocs:
+        """Codes with the levels ``T``: the factored form ``q_i T[i, c]``; a bias table ``U`` becomes
+        each document's constant ``sum_i U[i, c_i]`` (query-independent)."""
         dim = constants["levels"].shape[0]
-        return TableDocs(decode_planes(dict(codes), self.bits, self.gray, dim), np.full(dim, self.bits))
+        decoded = decode_planes(dict(codes), self.bits, self.gray, dim)
+        bias = constants["bias"][np.arange(dim)[None, :], decoded].sum(axis=1) if "bias" in constants else None
+        return TableDocs(decoded, np.full(dim, self.bits), bias=bias, levels=np.asarray(constants["levels"]))
 
     def query_view(self, queries: np.ndarray, constants: Arrays) -> TableQueries:
-        return TableQueries(self.query_tables(queries, constants).astype(np.float32), np.zeros(len(queries)))
+        return TableQueries(np.zeros(len(queries)), factors=np.asarray(queries, dtype=np.float32),
+                            bias_coef=np.ones(len(queries)) if "bias" in constants else None)
 
     def sign_query(self, queries: np.ndarray, constants: Arrays) -> np.ndarray:
         """Query bits ``q above the middle boundary``: the convention of the stored top plane."""

@@ -269,18 +269,23 @@ class TransformCoding:
             out[:, index] = group
         return np.zeros((0, dim), dtype=np.uint8) if out is None else out
 
+    def levels(self, dim: int) -> np.ndarray:
+        """(d, 2**max depth) standardised level of each component's codes (0 for a 0-bit component)."""
+        depths = self.depths(dim)
+        out = np.zeros((dim, 1 << int(depths.max(initial=0))))
+        for bits, index in self.groups(dim):
+            out[index, :1 << bits] = design(bits)[1]
+        return out
+
     def doc_view(self, codes: Arrays, constants: Arrays) -> TableDocs:
+        """Component codes with their standardised levels: the factored form ``((Pq)_i sigma_i) L[c_i]``."""
         dim = constants["centre"].shape[0]
-        return TableDocs(self.decoded(codes, constants), self.depths(dim))
+        return TableDocs(self.decoded(codes, constants), self.depths(dim), levels=self.levels(dim))
 
     def query_view(self, queries: np.ndarray, constants: Arrays) -> TableQueries:
-        dim = queries.shape[1]
-        groups = self.groups(dim)
-        width = 1 << max((bits for bits, _ in groups), default=0)
-        tables = np.zeros((len(queries), dim, width), dtype=np.float64)
-        for bits, index in groups:
-            tables[:, index, :1 << bits] = self.group_tables(queries, constants, bits, index)
-        return TableQueries(tables.astype(np.float32), self.query_offset(queries, constants))
+        projected = np.asarray(queries, dtype=np.float64) @ constants["axes"].T
+        return TableQueries(self.query_offset(queries, constants),
+                            factors=(projected * constants["sigma"]).astype(np.float32))
 
     def buckets(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
         """Which side of the calibration median each input dimension falls on (design: 1/2, 1/2).
