@@ -42,14 +42,17 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
         raise VespaQuantError(f"codes must be in [0, {1 << bits}) for {bits} bits, got [{codes.min()}, {codes.max()}]")
     n, d = codes.shape
-    nbytes = -(-d // per)
-    padded = np.zeros((n, nbytes * per), dtype=np.uint8)
-    padded[:, :d] = codes
-    grouped = padded.reshape(n, nbytes, per)
-    packed = np.zeros((n, nbytes), dtype=np.uint8)
-    for t in range(per):
-        packed |= grouped[:, :, t] << np.uint8(8 - stored * (t + 1))
+    packed = np.zeros((n, -(-d // per)), dtype=np.uint8)
+    _pack(np.ascontiguousarray(codes, dtype=np.uint8), stored, per, packed)
     return packed
+
+
+@njit(cache=True, nogil=True)
+def _pack(codes, stored, per, out):  # type: ignore[no-untyped-def]
+    """One pass: code ``i`` of a row goes to byte ``i // per`` at shift ``8 - stored * (i % per + 1)``."""
+    for r in range(codes.shape[0]):
+        for i in range(codes.shape[1]):
+            out[r, i // per] |= np.uint8(codes[r, i] << (8 - stored * (i % per + 1)))
 
 
 def build_luts(tables: np.ndarray, bits: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from vespa_quant.quantize.scoring import (
     VectorQueries,
 )
 
-CHUNK_ROWS = 65_536
+CHUNK_ROWS = 16_384
 """Rows converted to the kernel layout at once: bounds the (rows, d) temporaries of a conversion."""
 
 
@@ -82,7 +82,8 @@ class _TableLayout:
     def fill(self, start: int, view: TableDocs) -> None:
         stop = start + len(view.codes)
         for (bits, index), stored, at in zip(self.groups, self.stored, self.offsets):
-            packed = kernels.pack_codes(view.codes[:, index], stored)
+            whole = len(index) == view.codes.shape[1]  # every dimension: no gathered copy
+            packed = kernels.pack_codes(view.codes if whole else view.codes[:, index], stored)
             self.packed[start:stop, at:at + packed.shape[1]] = packed
         if self.scale is not None and view.scale is not None:
             self.scale[start:stop] = view.scale

@@ -115,15 +115,20 @@ def relative_mse(vectors: np.ndarray, reconstruction: np.ndarray) -> float:
     it loses. 0 is lossless, 1 keeps nothing (the mean vector). Dimensions that are constant in
     the corpus (MiniLM has dead ones) contribute nothing once the offset is fitted.
     """
-    x = np.asarray(vectors, dtype=np.float64)
-    y = np.asarray(reconstruction, dtype=np.float64)
+    x, y = np.asarray(vectors), np.asarray(reconstruction)
     if x.shape != y.shape:
         raise ValueError(f"vectors {x.shape} and reconstruction {y.shape} differ in shape")
-    x_centred, y_centred = x - x.mean(axis=0), y - y.mean(axis=0)
-    spread = float(np.sum(y_centred ** 2))
-    scale = float(np.sum(x_centred * y_centred)) / spread if spread > 0 else 0.0
-    total = float(np.sum(x_centred ** 2))
-    return float(np.sum((x_centred - scale * y_centred) ** 2)) / total if total > 0 else 0.0
+    x_mean, y_mean = x.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)
+    cross = spread = total = 0.0
+    for start in range(0, len(x), 4096):  # float64 sums in row blocks: no corpus-sized temporaries
+        xc = x[start:start + 4096].astype(np.float64) - x_mean
+        yc = y[start:start + 4096].astype(np.float64) - y_mean
+        cross += float(np.sum(xc * yc))
+        spread += float(np.sum(yc * yc))
+        total += float(np.sum(xc * xc))
+    scale = cross / spread if spread > 0 else 0.0
+    # sum (xc - a yc)^2 = total - 2 a cross + a^2 spread
+    return max(total - 2 * scale * cross + scale * scale * spread, 0.0) / total if total > 0 else 0.0
 
 
 def mse_sample_rows(n_docs: int, seed: int = 0) -> np.ndarray:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
+from numba import njit
 
-from vespa_quant.quantize.bits import pack_bits, unpack_bits
 from vespa_quant.quantize.expr import Bits, Expr, Product, QueryInput, Sum, add
 
 Term = tuple[int, ...]
@@ -92,17 +92,39 @@ def vanishing_terms(table: np.ndarray, bits: int, use_gray: bool, atol: float = 
     return {term for term, value in coefficients.items() if abs(float(value[0])) <= atol}
 
 
+@njit(cache=True, nogil=True)
+def _to_planes(words, out):  # type: ignore[no-untyped-def]
+    """``out[k, r, i // 8]`` gets bit ``k`` of ``words[r, i]`` at position ``7 - i % 8`` (one pass)."""
+    for r in range(words.shape[0]):
+        for i in range(words.shape[1]):
+            word = words[r, i]
+            for k in range(out.shape[0]):
+                out[k, r, i >> 3] |= np.uint8(((word >> k) & 1) << (7 - (i & 7)))
+
+
+@njit(cache=True, nogil=True)
+def _from_planes(planes, dim, out):  # type: ignore[no-untyped-def]
+    for r in range(out.shape[0]):
+        for i in range(dim):
+            word = 0
+            for k in range(planes.shape[0]):
+                word |= ((planes[k, r, i >> 3] >> (7 - (i & 7))) & 1) << k
+            out[r, i] = word
+
+
 def encode_planes(codes: np.ndarray, bits: int, use_gray: bool, prefix: str = "") -> dict[str, np.ndarray]:
-    """(n, d) codes -> one packed plane per bit, keyed by role."""
-    words = gray(codes) if use_gray else codes
-    return {role_of(bits, k, prefix): pack_bits((words >> k) & 1) for k in range(bits)}
+    """(n, d) codes -> one packed plane per bit (int8 cells, MSB first like ``numpy.packbits``), keyed by role."""
+    words = np.ascontiguousarray(gray(codes) if use_gray else codes, dtype=np.uint8)
+    planes = np.zeros((bits, len(words), -(-words.shape[1] // 8)), dtype=np.uint8)
+    _to_planes(words, planes)
+    return {role_of(bits, k, prefix): planes[k].view(np.int8) for k in range(bits)}
 
 
 def decode_planes(planes: dict[str, np.ndarray], bits: int, use_gray: bool, dim: int, prefix: str = "") -> np.ndarray:
     """Inverse of :func:`encode_planes`: the (n, d) uint8 codes."""
-    words = np.zeros((len(planes[role_of(bits, 0, prefix)]), dim), dtype=np.uint8)
-    for k in range(bits):
-        words |= unpack_bits(planes[role_of(bits, k, prefix)], dim).astype(np.uint8) << k
+    stacked = np.stack([np.ascontiguousarray(planes[role_of(bits, k, prefix)]).view(np.uint8) for k in range(bits)])
+    words = np.empty((stacked.shape[1], dim), dtype=np.uint8)
+    _from_planes(stacked, dim, words)
     return gray_inverse(words, bits) if use_gray else words
 
 

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import ClassVar, Protocol
 
 import numpy as np
+from numba import njit, prange
 from scipy.special import ndtr
 
 from vespa_quant.quantize import fit
@@ -44,12 +45,36 @@ def gauss_occupancy(levels: int) -> np.ndarray:
     return np.diff(np.concatenate([[0.0], ndtr(boundaries), [1.0]]))
 
 
-def bucketize(values: np.ndarray, boundaries: np.ndarray, upper_on_tie: bool = True) -> np.ndarray:
-    """(n, d) codes against per-dimension (d, L-1) boundaries, ``>=`` (or ``>``) each boundary counting one."""
+@njit(parallel=True, cache=True)
+def _bucketize(values, centre, scale, boundaries, upper_on_tie, out):  # type: ignore[no-untyped-def]
+    n, d = values.shape
+    for r in prange(n):
+        for i in range(d):
+            z = (np.float64(values[r, i]) - centre[i]) / scale[i]
+            code = 0
+            for k in range(boundaries.shape[1]):
+                if z > boundaries[i, k] or (upper_on_tie and z == boundaries[i, k]):
+                    code += 1
+            out[r, i] = code
+
+
+def bucketize(values: np.ndarray, boundaries: np.ndarray, upper_on_tie: bool = True, *,
+              centre: np.ndarray | None = None, scale: np.ndarray | None = None) -> np.ndarray:
+    """(n, d) codes of ``z = (values - centre) / scale`` (float64) against per-dimension (d, L-1)
+    boundaries, ``>=`` (or ``>``) each boundary counting one.
+
+    Compiled, one pass per value: encoding 1M x 384 values is a second, where numpy's one
+    comparison pass per boundary over float64 copies took ten (4-bit codes).
+    """
     values = np.asarray(values)
-    codes = np.zeros(values.shape, dtype=np.uint8)
-    for k in range(boundaries.shape[1]):
-        codes += (values >= boundaries[None, :, k]) if upper_on_tie else (values > boundaries[None, :, k])
+    if values.dtype not in (np.float32, np.float64):
+        values = values.astype(np.float64)
+    d = values.shape[1]
+    centre = np.zeros(d) if centre is None else np.asarray(centre, dtype=np.float64)
+    scale = np.ones(d) if scale is None else np.asarray(scale, dtype=np.float64)
+    codes = np.empty(values.shape, dtype=np.uint8)
+    _bucketize(np.ascontiguousarray(values), centre, scale, np.ascontiguousarray(boundaries, dtype=np.float64),
+               upper_on_tie, codes)
     return codes
 
 
@@ -125,7 +150,7 @@ class Sign(_Tabled):
         return {"boundaries": np.zeros((dim, 1)), "levels": np.tile([-1.0, 1.0], (dim, 1))}
 
     def assign(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
-        return (np.asarray(vectors) > 0).astype(np.uint8)
+        return (np.asarray(vectors) > 0).view(np.uint8)
 
     def design_table(self, levels: int) -> np.ndarray:
         return np.array([-1.0, 1.0])
@@ -141,9 +166,9 @@ class Sign(_Tabled):
 class MedianSign(_Tabled):
     """``(q - m) . sign(d - m)`` with ``m`` the corpus median: the 1-bit Lloyd-Max (brief 1.3).
 
-    Written as a table, ``q_i (2c - 1) - m_i (2c - 1)``: the ``bias`` table keeps the
+    Written as a table, ``(q_i - m_i) (2c - 1)``: the ``query_shift`` ``-m`` keeps the
     bias-correction term ``-m . sign(d - m)``, which the brief measured to matter (0.01-0.24
-    NDCG). Bits are ``d > m`` strictly (0.6138 on SciFact/MiniLM as in the brief; ``>=`` gives
+    NDCG), inside the query's factor, so the score stays one dot product with the ``+/-1`` codes. Bits are ``d > m`` strictly (0.6138 on SciFact/MiniLM as in the brief; ``>=`` gives
     0.6150). Sigma is kept only to measure drift in sigma units.
     """
 
@@ -151,10 +176,10 @@ class MedianSign(_Tabled):
         median, sigma = robust_scale(corpus)
         sign = np.array([-1.0, 1.0])
         return {"median": median, "sigma": sigma, "boundaries": median[:, None],
-                "levels": np.tile(sign, (len(median), 1)), "bias": -median[:, None] * sign[None, :]}
+                "levels": np.tile(sign, (len(median), 1)), "query_shift": -median}
 
     def assign(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
-        return (np.asarray(vectors) > constants["median"]).astype(np.uint8)
+        return (np.asarray(vectors) > constants["median"]).view(np.uint8)
 
     def design_table(self, levels: int) -> np.ndarray:
         return np.array([-1.0, 1.0])
@@ -195,9 +220,9 @@ class GaussLloydMax(_Tabled):
                 "levels": median[:, None] + sigma[:, None] * table[None, :]}
 
     def assign(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
-        z = (np.asarray(vectors, dtype=np.float64) - constants["median"]) / constants["sigma"]
         boundaries, _ = gauss_lloyd_max(constants["levels"].shape[1])
-        return bucketize(z, np.tile(boundaries, (z.shape[1], 1)))
+        return bucketize(vectors, np.tile(boundaries, (len(constants["median"]), 1)),
+                         centre=constants["median"], scale=constants["sigma"])
 
     def design_table(self, levels: int) -> np.ndarray:
         return gauss_lloyd_max(levels)[1]

@@ -5,10 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
 from vespa_quant.quantize.base import Arrays, CodeField, InputSpec
 from vespa_quant.quantize.expr import Codes, Expr, QueryInput, dot
 from vespa_quant.quantize.scoring import VectorDocs, VectorQueries, vector_cells_as_float
+
+
+@njit(parallel=True, cache=True)
+def _upper_rounded(bits, out):  # type: ignore[no-untyped-def]
+    """The upper 16 bits of each float32 bit pattern rounded to nearest, ties to even (one pass)."""
+    for i in prange(bits.shape[0]):
+        value = bits[i]
+        out[i] = np.uint16((value + np.uint32(0x7FFF) + ((value >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
 def bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
@@ -17,7 +26,10 @@ def bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
     The upper half of the rounded float32: what a ``tensor<bfloat16>`` cell holds, at half the
     memory of float32 (a 1M x 384 corpus is 768 MB, not 1.5 GB).
     """
-    return (round_to_bfloat16(vectors).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    out = np.empty(bits.shape, dtype=np.uint16)
+    _upper_rounded(bits.reshape(-1), out.reshape(-1))
+    return out
 
 
 def round_to_bfloat16(vectors: np.ndarray) -> np.ndarray:

@@ -13,10 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, prange
 
 from vespa_quant.quantize.base import Arrays, CodeField, InputSpec
 from vespa_quant.quantize.expr import Codes, Expr, QueryInput, dot
 from vespa_quant.quantize.scoring import VectorDocs, VectorQueries
+
+
+@njit(parallel=True, cache=True)
+def _encode(vectors, low, step, out):  # type: ignore[no-untyped-def]
+    for r in prange(vectors.shape[0]):
+        for i in range(vectors.shape[1]):
+            level = np.round((np.float64(vectors[r, i]) - low[i]) / step[i])
+            out[r, i] = np.int8(min(max(level, 0.0), 255.0) - 128.0)
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,13 @@ class Int8Asym:
         return constants["low"] + 127.5 * constants["step"], 255.0 * constants["step"] / 4.0
 
     def encode(self, vectors: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
-        return {"codes": (self.buckets(vectors, constants) - 128).astype(np.int8)}
+        """``buckets - 128`` in one compiled pass (the numpy chain of float64 temporaries took 5 s
+        per 1M x 384 documents); the same float64 arithmetic and round-half-to-even as :meth:`buckets`."""
+        vectors = np.ascontiguousarray(vectors)
+        codes = np.empty(vectors.shape, dtype=np.int8)
+        _encode(vectors, np.asarray(constants["low"], dtype=np.float64), np.asarray(constants["step"], dtype=np.float64),
+                codes)
+        return {"codes": codes}
 
     def query_inputs(self, queries: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
         return {"q": (queries * constants["step"]).astype(np.float32)}

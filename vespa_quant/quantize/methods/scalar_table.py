@@ -2,8 +2,8 @@
 
 A scalar-table method assigns each value to one of ``L = 2**bits`` buckets by per-dimension
 boundaries and reconstructs it from a per-dimension table, so the asymmetric score is
-``sum_i q_i T[i, c_i] + U[i, c_i]`` (``U`` is a query-independent bias table, non-zero only for
-the median-centred binary method, research brief 1.3). The variants differ only in how the
+``sum_i (q_i + s_i) T[i, c_i]`` (``s`` is a query shift, non-zero only for the median-centred
+binary method, research brief 1.3: ``s = -m``). The variants differ only in how the
 boundaries and the table are fitted, which is data (:mod:`~vespa_quant.quantize.methods.fitting`):
 
 ==================== ==== ============================================================
@@ -100,12 +100,14 @@ class ScalarTable:
     def encode(self, vectors: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
         return encode_planes(self.buckets(vectors, constants), self.bits, self.gray)
 
+    def query_factors(self, queries: np.ndarray, constants: Arrays) -> np.ndarray:
+        """(nq, d) ``q + s``, the factor each dimension's level is multiplied by (float64)."""
+        factors = np.asarray(queries, dtype=np.float64)
+        return factors + constants["query_shift"] if "query_shift" in constants else factors
+
     def query_tables(self, queries: np.ndarray, constants: Arrays) -> np.ndarray:
-        """(nq, d, L) ``q_i T[i, c] + U[i, c]`` in float64."""
-        tables = np.asarray(queries, dtype=np.float64)[:, :, None] * constants["levels"][None, :, :]
-        if "bias" in constants:
-            tables = tables + constants["bias"][None, :, :]
-        return tables
+        """(nq, d, L) ``(q_i + s_i) T[i, c]`` in float64."""
+        return self.query_factors(queries, constants)[:, :, None] * constants["levels"][None, :, :]
 
     def query_inputs(self, queries: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
         cells = -(-queries.shape[1] // 8)
@@ -114,16 +116,13 @@ class ScalarTable:
         return {**weights, "offset": offset}
 
     def doc_view(self, codes: Arrays, constants: Arrays) -> TableDocs:
-        """Codes with the levels ``T``: the factored form ``q_i T[i, c]``; a bias table ``U`` becomes
-        each document's constant ``sum_i U[i, c_i]`` (query-independent)."""
+        """Codes with the levels ``T``: the factored form ``(q_i + s_i) T[i, c]``."""
         dim = constants["levels"].shape[0]
-        decoded = decode_planes(dict(codes), self.bits, self.gray, dim)
-        bias = constants["bias"][np.arange(dim)[None, :], decoded].sum(axis=1) if "bias" in constants else None
-        return TableDocs(decoded, np.full(dim, self.bits), bias=bias, levels=np.asarray(constants["levels"]))
+        return TableDocs(decode_planes(dict(codes), self.bits, self.gray, dim), np.full(dim, self.bits),
+                         levels=np.asarray(constants["levels"]))
 
     def query_view(self, queries: np.ndarray, constants: Arrays) -> TableQueries:
-        return TableQueries(np.zeros(len(queries)), factors=np.asarray(queries, dtype=np.float32),
-                            bias_coef=np.ones(len(queries)) if "bias" in constants else None)
+        return TableQueries(np.zeros(len(queries)), factors=self.query_factors(queries, constants).astype(np.float32))
 
     def sign_query(self, queries: np.ndarray, constants: Arrays) -> np.ndarray:
         """Query bits ``q above the middle boundary``: the convention of the stored top plane."""
