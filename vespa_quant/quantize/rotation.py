@@ -52,6 +52,15 @@ def rotation_matrix(name: str, dim: int, seed: int) -> np.ndarray:
     return matrix
 
 
+def _second_moment(vectors: np.ndarray, centre: np.ndarray, block: int = 8192) -> np.ndarray:
+    """``E[(x - c)(x - c)^T]`` in float64, accumulated over row blocks (no float64 copy of the rows)."""
+    total = np.zeros((len(centre), len(centre)))
+    for start in range(0, len(vectors), block):
+        shifted = np.asarray(vectors[start:start + block], dtype=np.float64) - centre
+        total += shifted.T @ shifted
+    return total / max(len(vectors), 1)
+
+
 def pca_rotation(corpus: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
     """Rows are the principal axes of the corpus, largest variance first (research brief Q5).
 
@@ -63,13 +72,11 @@ def pca_rotation(corpus: np.ndarray, queries: np.ndarray | None = None) -> np.nd
     Each axis' sign is fixed (largest coordinate positive), so the matrix is a pure function of
     the data.
     """
-    values = np.asarray(corpus, dtype=np.float64)
-    centre = values.mean(axis=0)
-    moment = np.cov(values - centre, rowvar=False, bias=True)
+    centre = np.asarray(corpus).mean(axis=0, dtype=np.float64)
+    moment = _second_moment(corpus, centre)
     if queries is not None and len(queries):
-        shifted = np.asarray(queries, dtype=np.float64) - centre
-        moment = 0.5 * moment / max(np.trace(moment), 1e-30) + 0.5 * (shifted.T @ shifted) / len(shifted) / max(
-            float(np.einsum("ij,ij->", shifted, shifted)) / len(shifted), 1e-30)
+        shifted = _second_moment(queries, centre)
+        moment = 0.5 * moment / max(np.trace(moment), 1e-30) + 0.5 * shifted / max(np.trace(shifted), 1e-30)
     eigenvalues, eigenvectors = np.linalg.eigh(moment)
     axes = eigenvectors[:, np.argsort(-eigenvalues, kind="stable")].T
     signs = np.sign(axes[np.arange(len(axes)), np.argmax(np.abs(axes), axis=1)])
