@@ -12,7 +12,7 @@ are read from memory once per batch.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from vespa_quant.engine import topk
 from vespa_quant.errors import VespaQuantError
@@ -47,10 +47,10 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return packed
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True)
 def _pack(codes, stored, per, out):  # type: ignore[no-untyped-def]
     """One pass: code ``i`` of a row goes to byte ``i // per`` at shift ``8 - stored * (i % per + 1)``."""
-    for r in range(codes.shape[0]):
+    for r in prange(codes.shape[0]):
         for i in range(codes.shape[1]):
             out[r, i // per] |= np.uint8(codes[r, i] << (8 - stored * (i % per + 1)))
 

@@ -36,7 +36,7 @@ from vespa_quant.quantize.scoring import (
     VectorQueries,
 )
 
-CHUNK_ROWS = 16_384
+CHUNK_ROWS = 65_536
 """Rows converted to the kernel layout at once: bounds the (rows, d) temporaries of a conversion."""
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from itertools import combinations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from vespa_quant.quantize.expr import Bits, Expr, Product, QueryInput, Sum, add
 
@@ -92,19 +92,19 @@ def vanishing_terms(table: np.ndarray, bits: int, use_gray: bool, atol: float = 
     return {term for term, value in coefficients.items() if abs(float(value[0])) <= atol}
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True)
 def _to_planes(words, out):  # type: ignore[no-untyped-def]
     """``out[k, r, i // 8]`` gets bit ``k`` of ``words[r, i]`` at position ``7 - i % 8`` (one pass)."""
-    for r in range(words.shape[0]):
+    for r in prange(words.shape[0]):
         for i in range(words.shape[1]):
             word = words[r, i]
             for k in range(out.shape[0]):
                 out[k, r, i >> 3] |= np.uint8(((word >> k) & 1) << (7 - (i & 7)))
 
 
-@njit(cache=True, nogil=True)
+@njit(parallel=True, cache=True)
 def _from_planes(planes, dim, out):  # type: ignore[no-untyped-def]
-    for r in range(out.shape[0]):
+    for r in prange(out.shape[0]):
         for i in range(dim):
             word = 0
             for k in range(planes.shape[0]):
