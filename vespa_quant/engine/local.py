@@ -80,7 +80,8 @@ class LocalIndex:
         if self.first_phase_bits is None:
             raise VespaQuantError(f"{self.method.name} stores no sign bits and no shared sign bits were "
                                   "given: a two-phase search needs one of them")
-        return scan.hamming_candidates(self.first_phase_bits, first_phase_query(self.method, queries, self.calibration), k1)
+        return scan.hamming_candidates(self.first_phase_bits, first_phase_query(self.method, queries, self.calibration),
+                                       min(k1, self.n_docs))
 
     def search(self, queries: np.ndarray, k: int = 100, k1: int | None = None) -> Hits:
         """Top-``k`` per query, by descending score (exhaustive, or two-phase with ``k1``)."""
@@ -88,6 +89,7 @@ class LocalIndex:
         if self.method.always_first_phase and k1 is None:
             k1 = DEFAULT_K1
         view = query_view(self.method, queries, self.calibration)
+        k = min(k, self.n_docs)  # a corpus smaller than k gives every document, no padding
         if k1 is None:
             scores, rows = self.scorer.topk(view, k)
         else:
