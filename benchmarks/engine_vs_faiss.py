@@ -31,10 +31,10 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import faiss
 import numba
@@ -44,8 +44,9 @@ from threadpoolctl import threadpool_info
 
 from vespa_quant.engine import kernels
 from vespa_quant.quantize import fit
-from vespa_quant.quantize.four_level import GAUSS_BOUNDARIES, GAUSS_LEVELS
+from vespa_quant.quantize.methods.fitting import gauss_lloyd_max
 
+GAUSS_BOUNDARIES, GAUSS_LEVELS = gauss_lloyd_max(4)
 MOMENTS = Path(__file__).with_name("minilm_scifact_moments.npz")
 CHUNK = 65536
 Result = tuple[np.ndarray, np.ndarray]

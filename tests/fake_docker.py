@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, {"message": f"fake engine: no route for {method} /containers/{key}{action}"})
 
 
-class serving:
+class serving:  # noqa: N801 - used as ``with serving(engine)``, named like a contextlib helper
     """``with serving(engine) as engine:`` runs the fake on 127.0.0.1 for the block."""
 
     def __init__(self, engine: FakeEngine | None = None):
@@ -272,7 +272,7 @@ class serving:
         self.server.daemon_threads = True
         self.engine.url = f"tcp://127.0.0.1:{self.server.server_address[1]}"
         # a short poll: shutdown() waits for it, once per test
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
 
     def __enter__(self) -> FakeEngine:
         self.thread.start()

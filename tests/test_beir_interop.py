@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATASETS
 
 from vespa_quant.data import BeirDataset, from_beir, load_beir, load_with_beir, to_beir
 from vespa_quant.embed.embedded import EmbeddedDataset
@@ -16,8 +17,6 @@ from vespa_quant.evaluate.interop import results_dict
 from vespa_quant.evaluate.runner import NDCG, RECALL, score_hits
 from vespa_quant.quantize.base import calibrate, encode
 from vespa_quant.quantize.registry import METHODS
-
-from conftest import SHARED_DATASETS
 
 DATA = Path(os.environ.get("VESPA_QUANT_DATA", SHARED_DATASETS))
 

@@ -28,7 +28,7 @@ from vespa.package import (
 )
 
 from vespa_quant.errors import VespaError
-from vespa_quant.quantize.bits import pack_bits, unpack_bits
+from vespa_quant.quantize.bits import pack_bits
 from vespa_quant.quantize.registry import METHODS, get_method
 from vespa_quant.quantize.scoring import hamming_matrix
 from vespa_quant.vespa.check import (
@@ -44,9 +44,17 @@ from vespa_quant.vespa.check_cases import REPOSITORY_ROOT, method_cases, registr
 from vespa_quant.vespa.naming import has_exhaustive_profile, method_slots, rank_profile_name
 from vespa_quant.vespa.services import assemble, single_node_services
 
+pytestmark = pytest.mark.integration  # one JVM runs Vespa's compiler and evaluator over every profile: ~15 s; CI runs it (`pytest -m integration`)
+
 DIMS = (384, 256)
 MUTATED_PROFILE = rank_profile_name("lloyd_max_gauss", 384)
 RERANK = 40
+
+
+def unpack_bits(cells: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """(n, cells) int8 -> (n, 8*cells) float32 of 0/1, as Vespa's ``unpack_bits`` (MSB first)."""
+    bits = np.unpackbits(np.ascontiguousarray(cells).view(np.uint8), axis=1)
+    return bits[:, :dim].astype(np.float32) if dim else bits.astype(np.float32)
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -54,7 +62,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _vectors(n_docs: int = 200, n_queries: int = 5) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+def _vectors(n_docs: int = 120, n_queries: int = 3) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     rng = np.random.default_rng(11)
     docs = _unit(rng, n_docs, max(DIMS))
     queries = docs[:n_queries] + 0.3 * _unit(rng, n_queries, max(DIMS))

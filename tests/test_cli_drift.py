@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from vespa_quant.cli import app
 
 
+@pytest.mark.integration  # a whole drift run through the CLI: ~3 s
 def test_drift_cli_writes_table_files_and_plot(scifact_slice: Path, slice_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "drift"
     result = CliRunner().invoke(app, [

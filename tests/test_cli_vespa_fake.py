@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from fake_vespa import serving
 from typer.testing import CliRunner
 
-from fake_vespa import serving
 from vespa_quant.cli import app
+
+pytestmark = pytest.mark.integration  # the CLI's feed, recalibrate and evaluate against the fake Vespa: ~5 s; CI runs it (`pytest -m integration`)
 
 METHODS = "float32,int8_asym,binary_rescore,lloyd_max_gauss"
 
@@ -47,8 +50,8 @@ def test_recalibrate_switches_slots_and_evaluate_follows(scifact_slice: Path, sl
     and the Vespa NDCG equals the local engine's with that same calibration."""
     import numpy as np
 
-    from vespa_quant.engine.local import search
     from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.engine.local import search
     from vespa_quant.evaluate.runner import score_hits
     from vespa_quant.quantize.base import calibrate, encode
     from vespa_quant.quantize.registry import get_method

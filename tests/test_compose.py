@@ -15,9 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vespa_quant.vespa.compose import COMPOSE_FILE, ENV_FILE, compose_files, render_compose, stale_compose, write_compose
-from vespa_quant.vespa.topology import CLUSTER, CLUSTER_NETWORK, CONFIG_HOST, IMAGE, SINGLE, cluster_hostname
+from vespa_quant.vespa.compose import (
+    COMPOSE_FILE,
+    ENV_FILE,
+    compose_files,
+    render_compose,
+    stale_compose,
+    write_compose,
+)
 from vespa_quant.vespa.services import CLUSTER_HOSTS_FILE, cluster_hosts_xml
+from vespa_quant.vespa.topology import CLUSTER, CLUSTER_NETWORK, CONFIG_HOST, IMAGE, SINGLE, cluster_hostname
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

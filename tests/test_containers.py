@@ -14,22 +14,29 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from fake_docker import FakeEngine, serving
 from test_vespa_package import _FakeVespa
+from typer.testing import CliRunner
+
 from vespa_quant.cli import app
 from vespa_quant.errors import DockerError, VespaError, VespaQuantError
 from vespa_quant.vespa.compose import compose_service
 from vespa_quant.vespa.containers import (
-    LAYOUT_LABEL, MANAGED_LABEL, NODE_LABEL, SPEC_LABEL, container_specs, down, memory_bytes, up,
+    LAYOUT_LABEL,
+    MANAGED_LABEL,
+    NODE_LABEL,
+    SPEC_LABEL,
+    container_specs,
+    down,
+    memory_bytes,
+    up,
 )
-from vespa_quant.vespa.topology import CLUSTER, CLUSTER_NETWORK, CONFIG_HOST, IMAGE, SINGLE, cluster_hostname
 from vespa_quant.vespa.services import cluster_hosts_xml
+from vespa_quant.vespa.topology import CLUSTER, CLUSTER_NETWORK, CONFIG_HOST, IMAGE, SINGLE, cluster_hostname
 
 GIB = 1024 ** 3
 

@@ -35,7 +35,7 @@ def make_zip(folder: str, extra_member: str | None = None) -> bytes:
 class Handler(BaseHTTPRequestHandler):
     """Serves ``server.files``; ``/endless/*`` never ends, ``/stall/*`` stops sending."""
 
-    server: "LocalServer"
+    server: LocalServer
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -90,7 +90,7 @@ def server(monkeypatch) -> Iterator[LocalServer]:
     monkeypatch.delenv("VESPA_QUANT_MAX_DOWNLOAD_BYTES", raising=False)
     httpd = LocalServer(("127.0.0.1", 0), Handler)
     httpd.files = {}
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
     thread.start()
     try:
         yield httpd

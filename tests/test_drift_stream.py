@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_drift import synthetic_embedded
+
 from vespa_quant.drift import run_drift
 from vespa_quant.drift.stream import LocalStreamIndex, SlotTable, prefix_size, stream_order
 from vespa_quant.engine.local import Hits, search

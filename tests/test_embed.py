@@ -280,6 +280,7 @@ def test_embed_dataset_with_precomputed(tmp_path: Path, fake_loader) -> None:
 # --- real model -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads torch and the model: ~4 s
 def test_bundled_minilm_embeds_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = encoder.load_model("all-MiniLM-L6-v2", device="cpu")
@@ -292,6 +293,7 @@ def test_bundled_minilm_embeds_offline(monkeypatch) -> None:
     assert similarity[0, 1] > similarity[0, 2]
 
 
+@pytest.mark.slow  # imports sentence-transformers and torch: ~5 s
 def test_unavailable_hub_model_suggests_precomputed(monkeypatch) -> None:
     import sentence_transformers
 

@@ -6,13 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+from conftest import SLICE_QUERIES as N_QUERIES
 from typer.testing import CliRunner
 
 from vespa_quant.cli import app
 from vespa_quant.evaluate.report import RESULT_FIELDS
 from vespa_quant.quantize.registry import METHODS
 
-from conftest import SLICE_QUERIES as N_QUERIES
 
 def test_evaluate_cli_on_a_scifact_slice(scifact_slice: Path, slice_cache: Path, tmp_path: Path) -> None:
     runner = CliRunner()

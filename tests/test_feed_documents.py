@@ -9,6 +9,19 @@ import numpy as np
 import pytest
 
 from vespa_quant.errors import VespaError
+from vespa_quant.quantize.base import calibrate, encode, first_phase_query, query_inputs, sign_role
+from vespa_quant.quantize.methods.float_methods import round_to_bfloat16
+from vespa_quant.quantize.registry import METHODS
+from vespa_quant.quantize.scoring import vector_cells_as_float
+from vespa_quant.vespa.expressions import input_type
+from vespa_quant.vespa.naming import (
+    calibration_field_name,
+    field_name,
+    first_phase_field,
+    first_phase_input,
+    rank_profile_name,
+    signs_field,
+)
 from vespa_quant.vespa.wire import (
     MAX_HITS,
     calibration_set_id,
@@ -20,19 +33,6 @@ from vespa_quant.vespa.wire import (
     tensor_json,
     update_operations,
     vespa_document_id,
-)
-from vespa_quant.quantize.base import calibrate, encode, first_phase_query, query_inputs, sign_role
-from vespa_quant.quantize.methods.float_methods import round_to_bfloat16
-from vespa_quant.quantize.scoring import vector_cells_as_float
-from vespa_quant.quantize.registry import METHODS
-from vespa_quant.vespa.expressions import input_type
-from vespa_quant.vespa.naming import (
-    calibration_field_name,
-    field_name,
-    first_phase_field,
-    first_phase_input,
-    rank_profile_name,
-    signs_field,
 )
 
 DIMS = (384, 256)

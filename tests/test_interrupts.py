@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from vespa_quant.cli import app
 
+pytestmark = pytest.mark.integration  # signals sent to the CLI in subprocesses: ~10 s; CI runs it (`pytest -m integration`)
+
 ROOT = Path(__file__).resolve().parents[1]
 SLOW_WRITES = FaultPlan(stall=1.0, stall_seconds=0.1, paths=("/document/v1/vespaquant/doc/docid/",))
 """Every put and update waits 0.1 s: a slice feed at concurrency 2 would take over ten seconds."""

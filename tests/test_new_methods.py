@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from expression_twin import evaluate as evaluate_tree
+
 from vespa_quant.quantize import expr
 from vespa_quant.quantize.base import (
     Calibration,

@@ -19,8 +19,9 @@ from vespa_quant.evaluate.runner import evaluate
 from vespa_quant.quantize.registry import get_method
 
 OURS = ("float32", "binary_asym", "lloyd_max_gauss", "int8_asym")
-FAST_FAMILIES = tuple(family for family in PEER_FAMILIES if family != "opq")
-"""OPQ trains for seconds even on 600 vectors; it runs in the slow SciFact test."""
+FAST_FAMILIES = tuple(family for family in PEER_FAMILIES if family not in ("opq", "st"))
+"""OPQ trains for seconds even on 600 vectors (it runs in the slow SciFact test), and importing
+sentence-transformers takes ~12 s: their rows are checked with ``-m slow``."""
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,7 @@ def with_peers(generated_embedded):
 def test_peer_rows_are_named_by_configuration_with_bytes_from_the_index(with_peers) -> None:
     rows = {row["method"]: row for row in with_peers.rows}
     expected_bytes = {"faiss_pq8x8": 8, "faiss_pq16x4": 8, "faiss_pq16x8": 16, "faiss_pq32x4": 16,
-                      "faiss_sq4": 32, "faiss_sq8": 64,
-                      "st_ubinary": 8, "st_uint8": 64}
+                      "faiss_sq4": 32, "faiss_sq8": 64}
     for name, size in expected_bytes.items():
         assert rows[name]["bytes_per_vector"] == size, name
         assert rows[name]["bits_per_dim"] == size * 8 / 64
@@ -75,6 +75,15 @@ def test_peers_are_compared_with_our_best_row_within_their_bytes(with_peers) -> 
     assert "index_factory(64, 'PQ8x8np', METRIC_INNER_PRODUCT)" in row["peer_config"]
 
 
+@pytest.mark.slow  # imports sentence-transformers
+def test_sentence_transformers_rows_have_the_bytes_of_their_codes(generated_embedded) -> None:
+    result = evaluate(generated_embedded, [get_method("float32")], [64], peers=("st",), n_resamples=20,
+                      show_progress=False)
+    rows = {row["method"]: row for row in result.rows}
+    assert rows["st_ubinary"]["bytes_per_vector"] == 8 and rows["st_uint8"]["bytes_per_vector"] == 64
+
+
+@pytest.mark.slow  # imports sentence-transformers
 def test_sentence_transformers_uint8_equals_exhaustive_dequantized_scores(generated) -> None:
     """With every document a first-phase candidate, the recipe is exhaustive q . dequantize(codes),
     which numpy computes from the bucket definition alone."""
@@ -90,6 +99,7 @@ def test_sentence_transformers_uint8_equals_exhaustive_dequantized_scores(genera
     assert fitted.bytes_per_vector == docs.shape[1]
 
 
+@pytest.mark.slow  # imports sentence-transformers
 def test_sentence_transformers_binary_rescores_with_unpacked_bits(generated) -> None:
     docs, queries = generated
     fitted = SentenceTransformersPeer("st_ubinary", "ubinary").fit(docs, seed=0)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-
 from expression_twin import evaluate as evaluate_tree
+
 from vespa_quant.errors import CalibrationError, VespaQuantError
 from vespa_quant.quantize import expr
 from vespa_quant.quantize.base import (
@@ -150,13 +149,31 @@ def _bucket(values: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
     return np.stack([np.searchsorted(boundaries[j], values[:, j], side="right") for j in range(values.shape[1])], axis=1)
 
 
+def _bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 rounded to bfloat16 (nearest, ties to even), written plainly on the bit pattern;
+    :func:`test_plain_bfloat16_rounding_is_torchs` checks it against torch."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.slow  # imports torch: ~4 s
+def test_plain_bfloat16_rounding_is_torchs() -> None:
+    import torch
+
+    x = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
+    x[:3] = [1.00390625, 1.01171875, -1.00390625]  # exact ties between two bfloat16 values
+    expected = torch.from_numpy(x).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(_bfloat16(x), expected)
+
+
 def brief_scores(name: str, docs: np.ndarray, queries: np.ndarray, constants) -> np.ndarray:
     """The brief's definitions written plainly: q . d_hat (up to a per-query constant)."""
     q, d = queries.astype(np.float64), docs.astype(np.float64)
     if name in ("float32", "binary_rescore"):
         return q @ d.T
     if name == "bfloat16":
-        return q @ torch.from_numpy(docs).to(torch.bfloat16).to(torch.float64).numpy().T
+        return q @ _bfloat16(docs).astype(np.float64).T
     if name == "int8_asym":
         levels = np.clip(np.round((d - constants["low"]) / constants["step"]), 0, 255)
         return q @ (constants["low"] + levels * constants["step"]).T

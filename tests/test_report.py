@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_generated_beir
 from typer.testing import CliRunner
 
 from vespa_quant.cli import app
 from vespa_quant.evaluate.metrics import paired_bootstrap
-
-from conftest import write_generated_beir
 
 OURS = "float32,binary_asym,binary_rescore,lloyd_max_gauss,int8_asym"
 
@@ -49,6 +48,7 @@ def _per_query(folder: Path) -> dict[str, np.ndarray]:
     return {method: np.array([v[q] for q in sorted(v)]) for method, v in values.items()}
 
 
+@pytest.mark.integration  # two evaluate runs and figures: ~4 s
 def test_report_page_figures_and_numbers_come_from_the_results(results_folders, tmp_path: Path) -> None:
     first, second = results_folders
     result = CliRunner().invoke(app, ["report", str(first), str(second), "--output", str(tmp_path / "page"),
@@ -80,6 +80,7 @@ def test_report_page_figures_and_numbers_come_from_the_results(results_folders, 
     assert len(table) == len(rows) + len(json.loads((second / "results.json").read_text()))
 
 
+@pytest.mark.integration  # two evaluate runs and figures: ~4 s
 def test_report_rejects_a_folder_given_twice(results_folders, tmp_path: Path) -> None:
     first, _ = results_folders
     result = CliRunner().invoke(app, ["report", str(first), str(first), "--output", str(tmp_path / "page")])

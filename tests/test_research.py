@@ -15,8 +15,13 @@ from vespa_quant.data.beir import BeirDataset
 from vespa_quant.embed.embedded import EmbeddedDataset
 from vespa_quant.errors import VespaQuantError
 from vespa_quant.research import (
-    analyze, analyze_vectors, correlation_structure, dimension_statistics, format_analysis,
-    quantization_mse, write_analysis,
+    analyze,
+    analyze_vectors,
+    correlation_structure,
+    dimension_statistics,
+    format_analysis,
+    quantization_mse,
+    write_analysis,
 )
 from vespa_quant.research.report import ANALYSIS_CSV, ANALYSIS_JSON, ANALYSIS_PNG, PER_DIMENSION
 

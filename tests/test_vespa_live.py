@@ -3,7 +3,7 @@ recalibrate one method through its inactive slot while queries keep answering fr
 and run streaming drift on Vespa (documents put in stream order, the policy switching real slots)
 with the in-process run's rows.
 
-Needs a running Vespa (``docker compose up -d && pytest -m vespa``). The query endpoint is
+Needs a running Vespa (``vespa-quant up && pytest -m vespa``; the cluster test also ``vespa-quant up --cluster``). The query endpoint is
 ``VESPA_QUANT_ENDPOINT`` (default http://localhost:8080) and the config server
 ``VESPA_QUANT_CONFIG_ENDPOINT`` (default http://localhost:19071). Before the first deploy only the
 config server listens, so the module runs when either answers and skips, with the reason, when
@@ -20,8 +20,12 @@ import requests
 
 ENDPOINT = os.environ.get("VESPA_QUANT_ENDPOINT", "http://localhost:8080").rstrip("/")
 CONFIG_ENDPOINT = os.environ.get("VESPA_QUANT_CONFIG_ENDPOINT", "http://localhost:19071").rstrip("/")
+CLUSTER_ENDPOINT = os.environ.get("VESPA_QUANT_CLUSTER_ENDPOINT", "http://localhost:8081").rstrip("/")
+CLUSTER_CONFIG_ENDPOINT = os.environ.get("VESPA_QUANT_CLUSTER_CONFIG_ENDPOINT", "http://localhost:19072").rstrip("/")
 DIMS = (384, 256)
 TOLERANCE = 0.002
+"""NDCG@10 gap allowed between Vespa and the engine: Vespa may order exact score ties differently."""
+K1 = 100
 
 
 def _answers(url: str) -> bool:
@@ -35,7 +39,7 @@ def _answers(url: str) -> bool:
 if not (_answers(ENDPOINT) or _answers(CONFIG_ENDPOINT)):
     pytest.skip(
         f"no Vespa answers on {ENDPOINT}/state/v1/health or {CONFIG_ENDPOINT}/state/v1/health within 2 s: "
-        f"run `docker compose up -d` or set VESPA_QUANT_ENDPOINT / VESPA_QUANT_CONFIG_ENDPOINT",
+        f"run `vespa-quant up` or set VESPA_QUANT_ENDPOINT / VESPA_QUANT_CONFIG_ENDPOINT",
         allow_module_level=True,
     )
 
@@ -51,23 +55,39 @@ def scifact() -> Path:
     return folder
 
 
-def _deploy_every_method(tmp_path: Path) -> None:
+def _deploy_every_method(tmp_path: Path, variant: str = "single", endpoint: str = ENDPOINT,
+                         config_endpoint: str = CONFIG_ENDPOINT) -> None:
     from vespa_quant.quantize.registry import METHODS
     from vespa_quant.vespa.deploy import deploy, wait_until_ready
     from vespa_quant.vespa.services import assemble, write_package
 
     write_package(tmp_path / "generated", list(METHODS.values()), DIMS)
-    app_dir = assemble(tmp_path / "generated", "single", tmp_path / "app")
-    deploy(app_dir, CONFIG_ENDPOINT, timeout=600)
-    wait_until_ready(ENDPOINT, CONFIG_ENDPOINT, timeout=900, progress=None)
+    app_dir = assemble(tmp_path / "generated", variant, tmp_path / "app")
+    deploy(app_dir, config_endpoint, timeout=600)
+    wait_until_ready(endpoint, config_endpoint, timeout=900, progress=None)
+
+
+def _assert_vespa_equals_local(embedded, methods, calibration_dir: Path, endpoint: str, k1: int | None) -> None:
+    """Every (method, dim): NDCG@10 on Vespa within TOLERANCE of the engine's, same search mode."""
+    from vespa_quant.evaluate.runner import LocalBackend, evaluate
+    from vespa_quant.vespa.backend import VespaBackend
+
+    backend = VespaBackend(endpoint, list(embedded.dataset.doc_ids), calibration_dir=calibration_dir)
+    on_vespa = evaluate(embedded, methods, DIMS, backend=backend, k1=k1, n_resamples=100, show_progress=False)
+    local = evaluate(embedded, methods, DIMS, backend=LocalBackend(), k1=k1, n_resamples=100, show_progress=False)
+    local_ndcg = {(row["method"], row["dim"]): row["ndcg_at_10"] for row in local.rows}
+    gaps = {(row["method"], row["dim"]): abs(row["ndcg_at_10"] - local_ndcg[(row["method"], row["dim"])])
+            for row in on_vespa.rows}
+    assert set(gaps) == {(m.name, d) for m in methods for d in DIMS}
+    too_far = {key: round(gap, 4) for key, gap in gaps.items() if gap > TOLERANCE}
+    assert not too_far, f"k1={k1}: |NDCG@10(vespa) - NDCG@10(local)| > {TOLERANCE}: {too_far}"
+    assert all(row["latency_ms_p50"] > 0 for row in on_vespa.rows)
 
 
 def test_vespa_ndcg_matches_local_engine(scifact: Path, tmp_path: Path) -> None:
     from vespa_quant.embed.embedded import load_embedded
-    from vespa_quant.evaluate.runner import LocalBackend, evaluate
-    from vespa_quant.vespa.backend import VespaBackend
-    from vespa_quant.vespa.feeder import feed
     from vespa_quant.quantize.registry import METHODS
+    from vespa_quant.vespa.feeder import feed
 
     methods = list(METHODS.values())
     _deploy_every_method(tmp_path)
@@ -81,18 +101,28 @@ def test_vespa_ndcg_matches_local_engine(scifact: Path, tmp_path: Path) -> None:
         f"documents of another corpus are indexed; start from an empty Vespa"
     )
 
-    backend = VespaBackend(ENDPOINT, list(embedded.dataset.doc_ids), calibration_dir=calibration_dir)
-    on_vespa = evaluate(embedded, methods, DIMS, backend=backend, n_resamples=100, show_progress=False)
-    local = evaluate(embedded, methods, DIMS, backend=LocalBackend(), n_resamples=100, show_progress=False)
-    local_ndcg = {(row["method"], row["dim"]): row["ndcg_at_10"] for row in local.rows}
-    gaps = {
-        (row["method"], row["dim"]): abs(row["ndcg_at_10"] - local_ndcg[(row["method"], row["dim"])])
-        for row in on_vespa.rows
-    }
-    assert set(gaps) == {(m.name, d) for m in methods for d in DIMS}
-    too_far = {key: round(gap, 4) for key, gap in gaps.items() if gap > TOLERANCE}
-    assert not too_far, f"|NDCG@10(vespa) - NDCG@10(local)| > {TOLERANCE}: {too_far}"
-    assert all(row["latency_ms_p50"] > 0 for row in on_vespa.rows)
+    for k1 in (None, K1):  # the exhaustive profiles, then the two-phase ones
+        _assert_vespa_equals_local(embedded, methods, calibration_dir, ENDPOINT, k1)
+
+
+def test_the_cluster_gives_the_engines_two_phase_results(scifact: Path, tmp_path: Path) -> None:
+    """Two content nodes (`vespa-quant up --cluster`): per-node targetHits and the global phase's
+    rerank-count still rescore exactly the global Hamming top k1."""
+    if not (_answers(CLUSTER_ENDPOINT) or _answers(CLUSTER_CONFIG_ENDPOINT)):
+        pytest.skip(f"no cluster answers on {CLUSTER_ENDPOINT} or {CLUSTER_CONFIG_ENDPOINT}: run `vespa-quant up "
+                    f"--cluster` or set VESPA_QUANT_CLUSTER_ENDPOINT / VESPA_QUANT_CLUSTER_CONFIG_ENDPOINT")
+    from vespa_quant.embed.embedded import load_embedded
+    from vespa_quant.quantize.registry import METHODS
+    from vespa_quant.vespa.feeder import feed
+
+    methods = list(METHODS.values())
+    _deploy_every_method(tmp_path, "cluster", CLUSTER_ENDPOINT, CLUSTER_CONFIG_ENDPOINT)
+    embedded = load_embedded(scifact, "all-MiniLM-L6-v2", show_progress=False)
+    calibration_dir = tmp_path / "calibrations"
+    report = feed(CLUSTER_ENDPOINT, embedded, methods, DIMS, calibration_dir=calibration_dir, progress=False)
+    assert not report.failed_ids and report.count_in_vespa == report.n_docs
+    for k1 in (50, K1):
+        _assert_vespa_equals_local(embedded, methods, calibration_dir, CLUSTER_ENDPOINT, k1)
 
 
 def test_vespa_recalibration_switches_slots_without_disagreement(scifact: Path, tmp_path: Path) -> None:
@@ -101,11 +131,11 @@ def test_vespa_recalibration_switches_slots_without_disagreement(scifact: Path, 
 
     from vespa_quant.embed.embedded import load_embedded
     from vespa_quant.evaluate.runner import NDCG, LocalBackend, score_hits
+    from vespa_quant.quantize.base import calibrate, encode
+    from vespa_quant.quantize.registry import METHODS
     from vespa_quant.vespa.backend import VespaBackend
     from vespa_quant.vespa.feeder import feed
     from vespa_quant.vespa.recalibrate import switch_active_slot, verify_inactive_slot, write_inactive_slot
-    from vespa_quant.quantize.base import calibrate, encode
-    from vespa_quant.quantize.registry import METHODS
 
     _deploy_every_method(tmp_path)
     embedded = load_embedded(scifact, "all-MiniLM-L6-v2", show_progress=False)

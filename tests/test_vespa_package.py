@@ -24,8 +24,8 @@ import pytest
 from vespa_quant.errors import VespaError, VespaQuantError
 from vespa_quant.quantize import expr
 from vespa_quant.quantize.base import CodeField, bytes_per_vector, sign_role
-from vespa_quant.quantize.methods.scalar_table import ScalarTable
 from vespa_quant.quantize.methods.fitting import Sign
+from vespa_quant.quantize.methods.scalar_table import ScalarTable
 from vespa_quant.quantize.registry import METHODS
 from vespa_quant.vespa.deploy import deploy, wait_until_ready
 from vespa_quant.vespa.expressions import render
@@ -40,7 +40,6 @@ from vespa_quant.vespa.naming import (
     slot_suffix,
 )
 from vespa_quant.vespa.package import DEFAULT_DIMS, DEFAULT_K1, SCORE_FUNCTION, build_schema
-from vespa_quant.vespa.topology import cluster_hostname
 from vespa_quant.vespa.services import (
     CLUSTER_HOSTS,
     CLUSTER_HOSTS_FILE,
@@ -54,6 +53,7 @@ from vespa_quant.vespa.services import (
     write_package,
     zip_application,
 )
+from vespa_quant.vespa.topology import cluster_hostname
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CALIBRATED = [m for m in METHODS.values() if m.needs_calibration]
@@ -120,9 +120,9 @@ class _FakeVespa:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
 
-    def __enter__(self) -> "_FakeVespa":
+    def __enter__(self) -> _FakeVespa:
         self.thread.start()
         return self
 

@@ -86,8 +86,8 @@ def evaluate_command(
                         "pq, opq, sq, rabitq, st.")] = None,
 ) -> None:
     """Evaluate quantization methods: NDCG@10 with bootstrap CIs, bytes/vector, paired delta vs float32."""
-    from vespa_quant.evaluate.report import format_table
     from vespa_quant.evaluate.peers import parse_peers
+    from vespa_quant.evaluate.report import format_table
     from vespa_quant.evaluate.runner import LocalBackend, SearchBackend, evaluate, write_evaluation
     from vespa_quant.quantize.registry import parse_methods
 

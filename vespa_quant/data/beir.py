@@ -336,7 +336,7 @@ def _more(items: list) -> str:
     return f" and {len(items) - PREVIEW} more" if len(items) > PREVIEW else ""
 
 
-def _read_jsonl(path: Path, fingerprint: "hashlib._Hash") -> Iterator[tuple[str, dict]]:
+def _read_jsonl(path: Path, fingerprint: hashlib._Hash) -> Iterator[tuple[str, dict]]:
     """Yield ``("<file> line <n>", record)`` per JSON object; feed every byte to the hash.
 
     Blank lines are skipped (trailing newlines are common). Ids must be unique within a file:
@@ -364,7 +364,7 @@ def _read_jsonl(path: Path, fingerprint: "hashlib._Hash") -> Iterator[tuple[str,
             yield where, record
 
 
-def _read_qrels(path: Path, judgements: Judgements, fingerprint: "hashlib._Hash") -> None:
+def _read_qrels(path: Path, judgements: Judgements, fingerprint: hashlib._Hash) -> None:
     """Parse a BEIR qrels TSV (header, then ``query-id corpus-id score``) into ``judgements``."""
     display = judgements.label
     header_seen = False

@@ -104,7 +104,6 @@ def download_beir(
             f"pass md5=..., or {_hint(root, name)}"
         )
     cap = resolve_max_bytes(max_bytes)
-    import beir.util  # imports torch, so only a download pays for it; a forked child inherits it
     import requests
 
     try:
@@ -133,6 +132,8 @@ def download_beir(
                 f"{url}: md5 mismatch, expected {expected}, got {got}; the download was deleted"
             )
         _check_members(zip_path, name, cap * MAX_UNZIPPED_RATIO)
+        import beir.util  # imports torch (~3 s): only a verified download pays for it
+
         beir.util.download_and_unzip(url, str(staging))
         folder = root / name
         if not folder.is_dir():
@@ -151,8 +152,8 @@ def _fetch_watched(url: str, zip_path: Path, cap: int, stall_seconds: float) -> 
     overshoot by what arrives in one poll interval before the child is stopped; the file is
     deleted with the staging folder either way.
     """
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    context = multiprocessing.get_context(method)
+    context = (multiprocessing.get_context("fork") if sys.platform.startswith("linux")
+               else multiprocessing.get_context("spawn"))
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_fetch, args=(url, str(zip_path), send), daemon=True)
     child.start()

@@ -72,8 +72,8 @@ def from_beir(
         _hash(fingerprint, "d", doc_id, text)
 
     all_queries: dict[str, str] = {}
-    for key, text in queries.items():
-        query_id, query_text = query_record({"_id": key, "text": text}, f"queries[{key!r}]")
+    for key, raw_text in queries.items():
+        query_id, query_text = query_record({"_id": key, "text": raw_text}, f"queries[{key!r}]")
         if query_id in all_queries:
             raise DataError(f"queries[{key!r}]: duplicate id {query_id!r} (ids are compared as strings)")
         all_queries[query_id] = query_text
@@ -144,6 +144,6 @@ def load_with_beir(name_or_path: str | Path, split: str = "test",
     return from_beir(corpus, queries, qrels, name=folder.name, split=split, path=folder)
 
 
-def _hash(digest: "hashlib._Hash", *fields: object) -> None:
+def _hash(digest: hashlib._Hash, *fields: object) -> None:
     digest.update(json.dumps(fields, ensure_ascii=False).encode("utf-8"))
     digest.update(b"\n")

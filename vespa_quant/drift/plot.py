@@ -38,8 +38,8 @@ def _values(rows: list[dict], key: str) -> np.ndarray:
                      else float(r[key]) for r in rows])
 
 
-def drift_plot(report: "DriftReport", path: Path, title: str | None = None) -> Path:
-    """Save a 2x4 panel PNG (dpi 150) of ``report``; bare Agg canvas, no pyplot global state."""
+def drift_plot(report: DriftReport, path: Path, title: str | None = None) -> Path:
+    """Save a 2x4 panel PNG (dpi 100) of ``report``; bare Agg canvas, no pyplot global state."""
     methods = list(dict.fromkeys(r["method"] for r in report.fraction_rows))
     colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     free = {r["method"] for r in report.fraction_rows if r["calibration_free"]}

@@ -32,32 +32,32 @@ _controller: list[ThreadpoolController] = []
 
 
 @intrinsic
-def _bitcast_float32(typingctx, value):  # type: ignore[no-untyped-def]
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+def _bitcast_float32(typingctx, value):
+    def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.float32))
     return types.float32(types.uint32), codegen
 
 
-def _to_float32(value):  # type: ignore[no-untyped-def]
+def _to_float32(value):
     """A stored cell as float32; uint16 cells are bfloat16 bit patterns (the high half of a float32)."""
 
 
 @overload(_to_float32)
-def _to_float32_impl(value):  # type: ignore[no-untyped-def]
+def _to_float32_impl(value):
     if value == types.uint16:
         return lambda value: _bitcast_float32(np.uint32(value) << np.uint32(16))
     return lambda value: np.float32(value)
 
 
 @njit(cache=True, nogil=True)
-def _decode_cells(docs, start, out):  # type: ignore[no-untyped-def]
+def _decode_cells(docs, start, out):
     for r in range(out.shape[0]):
         for i in range(out.shape[1]):
             out[r, i] = _to_float32(docs[start + r, i])
 
 
 @njit(cache=True, nogil=True)
-def _decode_codes(codes, levels, stored, start, out):  # type: ignore[no-untyped-def]
+def _decode_codes(codes, levels, stored, start, out):
     per = 8 // stored
     mask = (1 << stored) - 1
     for r in range(out.shape[0]):
@@ -113,7 +113,7 @@ def _decode(docs: np.ndarray | PackedCodes, start: int, out: np.ndarray) -> None
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"}, nogil=True)
-def _dot(query, doc):  # type: ignore[no-untyped-def]
+def _dot(query, doc):
     """float32 ``query . doc``; reassociation lets LLVM split the sum into SIMD lanes."""
     total = np.float32(0.0)
     for i in range(query.shape[0]):
@@ -122,7 +122,7 @@ def _dot(query, doc):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _direct_part(queries, docs, first, last, k, part, keys, rows, count, threshold):  # type: ignore[no-untyped-def]
+def _direct_part(queries, docs, first, last, k, part, keys, rows, count, threshold):
     for r in range(first, last):
         for q in range(queries.shape[0]):
             score = _dot(queries[q], docs[r])
@@ -131,7 +131,7 @@ def _direct_part(queries, docs, first, last, k, part, keys, rows, count, thresho
 
 
 @njit(cache=True, nogil=True)
-def _dot_at(queries, docs, rows, out, first, last):  # type: ignore[no-untyped-def]
+def _dot_at(queries, docs, rows, out, first, last):
     for q in range(first, last):
         for m in range(rows.shape[1]):
             r = rows[q, m]
@@ -142,7 +142,7 @@ def _dot_at(queries, docs, rows, out, first, last):  # type: ignore[no-untyped-d
                 out[q, m] = total
 
 
-def _blas_limit(threads: int):  # type: ignore[no-untyped-def]
+def _blas_limit(threads: int):
     """BLAS thread limit for one call (restored on exit)."""
     if not _controller:
         _controller.append(ThreadpoolController())

@@ -26,9 +26,9 @@ HAMMING_PAD = np.iinfo(np.int32).max
 
 
 @intrinsic
-def _popcount(typingctx, value):  # type: ignore[no-untyped-def]
+def _popcount(typingctx, value):
     """LLVM ``ctpop`` of a uint64: POPCNT, or VPOPCNTQ in a vectorised loop."""
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
     return types.uint64(types.uint64), codegen
 
@@ -66,7 +66,7 @@ def prepare_bits(doc_bits: np.ndarray) -> PreparedBits:
 
 
 @njit(cache=True, nogil=True)
-def _block_distances(query_words, block, distance):  # type: ignore[no-untyped-def]
+def _block_distances(query_words, block, distance):
     """Distances of one query to the 64 documents of a block; returns the smallest."""
     word = query_words[0]
     for i in range(BLOCK_DOCS):
@@ -82,7 +82,7 @@ def _block_distances(query_words, block, distance):  # type: ignore[no-untyped-d
 
 
 @njit(cache=True, nogil=True)
-def _hamming_part(query_words, blocks, first, last, n_docs, k, part,  # type: ignore[no-untyped-def]
+def _hamming_part(query_words, blocks, first, last, n_docs, k, part,
                   keys, rows, count, threshold):
     distance = np.empty(BLOCK_DOCS, dtype=np.int64)
     for b in range(first, last):

@@ -48,7 +48,7 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True)
-def _pack(codes, stored, per, out):  # type: ignore[no-untyped-def]
+def _pack(codes, stored, per, out):
     """One pass: code ``i`` of a row goes to byte ``i // per`` at shift ``8 - stored * (i % per + 1)``."""
     for r in prange(codes.shape[0]):
         for i in range(codes.shape[1]):
@@ -85,7 +85,7 @@ def fold_tables(tables: np.ndarray, stored: int, per: int, groups: int) -> np.nd
 
 
 @njit(cache=True, nogil=True)
-def _lut_sum(lut, codes, i):  # type: ignore[no-untyped-def]
+def _lut_sum(lut, codes, i):
     total = np.float32(0.0)
     for j in range(codes.shape[1]):
         total += lut[j, codes[i, j]]
@@ -93,7 +93,7 @@ def _lut_sum(lut, codes, i):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _affine(total, i, q, doc_scale, doc_bias, query_bias):  # type: ignore[no-untyped-def]
+def _affine(total, i, q, doc_scale, doc_bias, query_bias):
     """``doc_scale[i] * total + doc_bias[i] * query_bias[q]`` when the factors are given."""
     if doc_scale.shape[0] == 0:
         return total
@@ -101,7 +101,7 @@ def _affine(total, i, q, doc_scale, doc_bias, query_bias):  # type: ignore[no-un
 
 
 @njit(cache=True, nogil=True)
-def _lut_part(luts, codes, first, last, k, part, doc_scale, doc_bias, query_bias,  # type: ignore[no-untyped-def]
+def _lut_part(luts, codes, first, last, k, part, doc_scale, doc_bias, query_bias,
               keys, rows, count, threshold):
     """Scan rows ``first..last``; four documents per step keep four independent float chains."""
     n_bytes = codes.shape[1]
@@ -133,7 +133,7 @@ def _lut_part(luts, codes, first, last, k, part, doc_scale, doc_bias, query_bias
 
 
 @njit(cache=True, nogil=True)
-def _lut_at(luts, codes, rows, doc_scale, doc_bias, query_bias, out, first, last):  # type: ignore[no-untyped-def]
+def _lut_at(luts, codes, rows, doc_scale, doc_bias, query_bias, out, first, last):
     for q in range(first, last):
         for m in range(rows.shape[1]):
             r = rows[q, m]

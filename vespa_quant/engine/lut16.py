@@ -35,14 +35,14 @@ BLOCKS_PER_STEP = 16
 
 
 @intrinsic
-def _score_pair(typingctx, out, luts, lut_at, words, word_at, n_words):  # type: ignore[no-untyped-def]
+def _score_pair(typingctx, out, luts, lut_at, words, word_at, n_words):
     """Table sums of two consecutive blocks (32 documents) into ``out[0:32]``.
 
     For each word ``w`` and shift ``s``, lane ``i`` adds ``luts.flat[lut_at + 16 (8w + s) +
     nibble_s(word_w of document i)]``. Each table load serves both blocks, and two accumulators per
     block (even and odd shifts) keep four independent add chains in flight.
     """
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         floats = ir.VectorType(ir.FloatType(), LANES)
         ints = ir.VectorType(ir.IntType(32), LANES)
         intp = context.get_value_type(types.intp)
@@ -97,7 +97,8 @@ def nibble_luts(tables: np.ndarray, bits: int) -> np.ndarray:
     if stored == 8:
         raise VespaQuantError("nibble tables need codes of at most 4 bits")
     tables = np.asarray(tables)
-    n_words = -(-(-(-tables.shape[1] // per_byte)) // 4)
+    n_bytes = -(-tables.shape[1] // per_byte)
+    n_words = -(-n_bytes // 4)
     by_nibble = lut.fold_tables(tables, stored, per_byte // 2, n_words * 8)
     # nibble 2j is the high half of byte j; a little-endian word's shift 4s reads byte s // 2,
     # high half when s is odd
@@ -107,7 +108,7 @@ def nibble_luts(tables: np.ndarray, bits: int) -> np.ndarray:
 
 
 @njit(cache=True, fastmath={"nnan", "nsz"}, nogil=True)
-def _largest(scores):  # type: ignore[no-untyped-def]
+def _largest(scores):
     """Vectorised max of a pair's 32 scores: most pairs hold no candidate and are skipped on it."""
     best = scores[0]
     for i in range(1, scores.shape[0]):
@@ -116,7 +117,7 @@ def _largest(scores):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _nibble_part(luts, words, n_docs, first, last, k, part,  # type: ignore[no-untyped-def]
+def _nibble_part(luts, words, n_docs, first, last, k, part,
                  keys, rows, count, threshold):
     """Score block pairs ``first..last`` (even block numbers) for every query."""
     n_words = words.shape[1]

@@ -19,6 +19,7 @@ Ties go to the lowest row everywhere (the rule of :mod:`vespa_quant.engine.local
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TypedDict
 
 import numpy as np
 
@@ -44,6 +45,14 @@ def _chunks(codes: Arrays, n_docs: int) -> Iterator[tuple[int, dict[str, np.ndar
     for start in range(0, n_docs, CHUNK_ROWS):
         yield start, {role: array[start:start + CHUNK_ROWS] for role, array in codes.items()}
 
+
+
+class DocFactors(TypedDict):
+    """The per-document keyword arguments of the lookup-table kernels (all None: no factors)."""
+
+    doc_scale: np.ndarray | None
+    doc_bias: np.ndarray | None
+    query_bias: np.ndarray | None
 
 class _TableLayout:
     """Table codes in the layout of their kernel.
@@ -81,7 +90,7 @@ class _TableLayout:
 
     def fill(self, start: int, view: TableDocs) -> None:
         stop = start + len(view.codes)
-        for (bits, index), stored, at in zip(self.groups, self.stored, self.offsets):
+        for (_bits, index), stored, at in zip(self.groups, self.stored, self.offsets):
             whole = len(index) == view.codes.shape[1]  # every dimension: no gathered copy
             packed = kernels.pack_codes(view.codes if whole else view.codes[:, index], stored)
             self.packed[start:stop, at:at + packed.shape[1]] = packed
@@ -119,7 +128,7 @@ class _TableLayout:
                  for (bits, index), stored in zip(self.groups, self.stored)]
         return np.concatenate(parts, axis=1), self.constant(query, tables)
 
-    def doc_factors(self, query: TableQueries) -> dict[str, np.ndarray | None]:
+    def doc_factors(self, query: TableQueries) -> DocFactors:
         """The kernels' per-document factors: all three or none (a missing one is neutral)."""
         if self.scale is None and self.bias is None:
             return {"doc_scale": None, "doc_bias": None, "query_bias": None}

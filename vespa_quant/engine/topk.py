@@ -17,8 +17,8 @@ tens of microseconds, and any caller thread may scan concurrently.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 from numba import njit, types
@@ -104,21 +104,21 @@ def check_rows(rows: np.ndarray, n_queries: int, n_docs: int) -> np.ndarray:
 
 
 @intrinsic
-def _float_bits(typingctx, value):  # type: ignore[no-untyped-def]
+def _float_bits(typingctx, value):
     """The IEEE-754 bits of a float32, as a uint32."""
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.uint32))
     return types.uint32(types.float32), codegen
 
 
-def _ascending(key):  # type: ignore[no-untyped-def]
+def _ascending(key):
     """A uint64 that orders like ``key`` (float32 or int32)."""
 
 
 @overload(_ascending)
-def _ascending_impl(key):  # type: ignore[no-untyped-def]
+def _ascending_impl(key):
     if key == types.float32:
-        def order(key):  # type: ignore[no-untyped-def]
+        def order(key):
             bits = np.uint64(_float_bits(key))
             return bits ^ np.uint64(0xFFFFFFFF) if bits >> np.uint64(31) else bits | np.uint64(0x80000000)
         return order
@@ -126,7 +126,7 @@ def _ascending_impl(key):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _ranks(keys, count):  # type: ignore[no-untyped-def]
+def _ranks(keys, count):
     """Distinct uint64s ascending in (key descending, position ascending) for ``keys[:count]``."""
     ranks = np.empty(count, dtype=np.uint64)
     for i in range(count):
@@ -135,7 +135,7 @@ def _ranks(keys, count):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _kth_smallest(values, k):  # type: ignore[no-untyped-def]
+def _kth_smallest(values, k):
     """The k-th smallest (1-based) of distinct ``values``, reordering them (Hoare quickselect)."""
     low, high, target = 0, values.shape[0] - 1, k - 1
     while low < high:
@@ -162,7 +162,7 @@ def _kth_smallest(values, k):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _heapsort(values, n):  # type: ignore[no-untyped-def]
+def _heapsort(values, n):
     """Sort ``values[:n]`` ascending in place."""
     for start in range(n // 2 - 1, -1, -1):
         _sift(values, start, n)
@@ -172,7 +172,7 @@ def _heapsort(values, n):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _sift(values, root, end):  # type: ignore[no-untyped-def]
+def _sift(values, root, end):
     while 2 * root + 1 < end:
         child = 2 * root + 1
         if child + 1 < end and values[child + 1] > values[child]:
@@ -184,7 +184,7 @@ def _sift(values, root, end):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def _compact(keys, rows, count, k):  # type: ignore[no-untyped-def]
+def _compact(keys, rows, count, k):
     """Keep the best ``k`` of a full buffer in place, in row order; returns (k, new threshold)."""
     ranks = _ranks(keys, count)
     cut = _kth_smallest(ranks.copy(), k)
@@ -201,7 +201,7 @@ def _compact(keys, rows, count, k):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def push(keys, rows, count, threshold, part, q, key, row, k):  # type: ignore[no-untyped-def]
+def push(keys, rows, count, threshold, part, q, key, row, k):
     """Add a candidate the caller found above ``threshold[part, q]``."""
     c = count[part, q]
     keys[part, q, c] = key
@@ -213,7 +213,7 @@ def push(keys, rows, count, threshold, part, q, key, row, k):  # type: ignore[no
 
 
 @njit(cache=True, nogil=True)
-def _beats_any(row, threshold):  # type: ignore[no-untyped-def]
+def _beats_any(row, threshold):
     """Whether any query's score beats its threshold: one vectorised pass, as few rows do."""
     hit = False
     for q in range(row.shape[0]):
@@ -222,7 +222,7 @@ def _beats_any(row, threshold):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def push_block(scores, first_row, part, keys, rows, count, threshold, k):  # type: ignore[no-untyped-def]
+def push_block(scores, first_row, part, keys, rows, count, threshold, k):
     """Offer an (m, nq) block of scores (document-major, as a GEMM of documents by queries writes
     it) for rows ``first_row..first_row+m`` to ``part``'s buffers.
 
@@ -237,7 +237,7 @@ def push_block(scores, first_row, part, keys, rows, count, threshold, k):  # typ
 
 
 @njit(cache=True, nogil=True)
-def _merge_query(keys, rows, count, q, k, out_keys, out_rows):  # type: ignore[no-untyped-def]
+def _merge_query(keys, rows, count, q, k, out_keys, out_rows):
     total = 0
     for p in range(keys.shape[0]):
         total += count[p, q]
@@ -266,7 +266,7 @@ def _merge_query(keys, rows, count, q, k, out_keys, out_rows):  # type: ignore[n
 
 
 @njit(cache=True, nogil=True)
-def _finish(keys, rows, count, out_keys, out_rows):  # type: ignore[no-untyped-def]
+def _finish(keys, rows, count, out_keys, out_rows):
     for q in range(keys.shape[1]):
         _merge_query(keys, rows, count, q, out_keys.shape[1], out_keys, out_rows)
 

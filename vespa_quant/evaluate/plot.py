@@ -59,7 +59,7 @@ def _interval_or_point(interval: object, value: float) -> tuple[float, float]:
 
 
 def pareto_plot(rows: Sequence[dict], path: Path, title: str | None = None) -> Path:
-    """Plot NDCG@10 (with CI bars) against bytes per vector and save a PNG at dpi 150.
+    """Plot NDCG@10 (with CI bars) against bytes per vector and save a PNG at dpi 100.
 
     One point per (method, dim): colour encodes the method (with its rotation), marker the
     dimension. Rows should come from one dataset and model; two rows for the same point raise

@@ -11,9 +11,10 @@ published quantizers join the table as rows of their own (:mod:`~vespa_quant.eva
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -25,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -205,11 +206,12 @@ class Calibration:
         meta = json.dumps({"method": self.method, "dim": self.dim, "rotation": self.rotation,
                            "seed": self.seed, "sample_rows": self.sample_rows, "id": self.id})
         buffer = io.BytesIO()
-        np.savez(buffer, __meta__=np.array(meta), **dict(self.arrays))
+        arrays: dict[str, Any] = {"__meta__": np.array(meta), **self.arrays}
+        np.savez(buffer, **arrays)
         return atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "Calibration":
+    def load(cls, path: Path) -> Calibration:
         """Load and verify a saved calibration; every failure is one line naming the file."""
         path = Path(path)
         try:

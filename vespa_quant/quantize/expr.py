@@ -53,21 +53,21 @@ class Constant:
 class Product:
     """Element-wise product of its factors (vectors of one length, or scalars)."""
 
-    factors: tuple["Expr", ...]
+    factors: tuple[Expr, ...]
 
 
 @dataclass(frozen=True)
 class Add:
     """Element-wise sum of its terms."""
 
-    terms: tuple["Expr", ...]
+    terms: tuple[Expr, ...]
 
 
 @dataclass(frozen=True)
 class Sum:
     """Sum of every cell of a vector expression: the reduction that makes a dot product."""
 
-    of: "Expr"
+    of: Expr
 
 
 Expr = Union[QueryInput, Codes, Bits, Closeness, Constant, Product, Add, Sum]

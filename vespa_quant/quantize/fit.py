@@ -12,7 +12,7 @@ brief, Idea 2).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from numba import njit, prange
@@ -99,7 +99,7 @@ def std(corpus: np.ndarray, accumulator: type = np.float64) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True)
-def _lloyd_columns(block, levels, iterations):  # type: ignore[no-untyped-def]
+def _lloyd_columns(block, levels, iterations):
     """Lloyd-Max on each row of ``block`` (one dimension per row) from ``levels`` (rows x L)."""
     width, n = block.shape
     n_levels = levels.shape[1]

@@ -20,6 +20,7 @@ bit, so the Hamming distance of Gray words grows with the level distance).
 
 from __future__ import annotations
 
+import functools
 from itertools import combinations
 
 import numpy as np
@@ -73,17 +74,27 @@ def code_words(bits: int, use_gray: bool) -> np.ndarray:
 def moebius(tables: np.ndarray, bits: int, use_gray: bool) -> tuple[np.ndarray, dict[Term, np.ndarray]]:
     """(constant (..., d), {term: coefficient (..., d)}) with ``tables[..., d, code]`` = sum of the
     coefficients of the terms contained in ``word(code)``."""
-    words = code_words(bits, use_gray)
-    by_word = np.empty_like(tables, dtype=np.float64)
-    by_word[..., words] = tables
-    # In-place subset-sum inversion over the bit lattice: after it, entry w holds A[w].
+    # The inversion is linear in the tables: one product with a fixed matrix (query inputs of
+    # every query and dimension at once), instead of a Python loop over the lattice per call.
+    by_term = np.asarray(tables, dtype=np.float64) @ _moebius_matrix(bits, use_gray)
+    coefficients = {term: by_term[..., sum(1 << k for k in term)] for term in all_terms(bits)}
+    return by_term[..., 0], coefficients
+
+
+@functools.cache
+def _moebius_matrix(bits: int, use_gray: bool) -> np.ndarray:
+    """``M[c, w]``: the weight of ``tables[..., c]`` in the coefficient of word ``w`` (read-only)."""
+    size = 1 << bits
+    by_word = np.zeros((size, size))
+    by_word[np.arange(size), code_words(bits, use_gray)] = 1.0  # row c: code c sits at its word
+    # Subset-sum inversion over the bit lattice: afterwards column w holds the coefficient A[w].
     for k in range(bits):
         step = 1 << k
-        for w in range(1 << bits):
+        for w in range(size):
             if w & step:
-                by_word[..., w] -= by_word[..., w ^ step]
-    coefficients = {term: by_word[..., sum(1 << k for k in term)] for term in all_terms(bits)}
-    return by_word[..., 0], coefficients
+                by_word[:, w] -= by_word[:, w ^ step]
+    by_word.setflags(write=False)
+    return by_word
 
 
 def vanishing_terms(table: np.ndarray, bits: int, use_gray: bool, atol: float = 1e-12) -> set[Term]:
@@ -93,7 +104,7 @@ def vanishing_terms(table: np.ndarray, bits: int, use_gray: bool, atol: float = 
 
 
 @njit(parallel=True, cache=True)
-def _to_planes(words, out):  # type: ignore[no-untyped-def]
+def _to_planes(words, out):
     """``out[k, r, i // 8]`` gets bit ``k`` of ``words[r, i]`` at position ``7 - i % 8`` (one pass)."""
     for r in prange(words.shape[0]):
         for i in range(words.shape[1]):
@@ -103,7 +114,7 @@ def _to_planes(words, out):  # type: ignore[no-untyped-def]
 
 
 @njit(parallel=True, cache=True)
-def _from_planes(planes, dim, out):  # type: ignore[no-untyped-def]
+def _from_planes(planes, dim, out):
     for r in prange(out.shape[0]):
         for i in range(dim):
             word = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vespa_quant.evaluate.agreement import MSE, SWAP
+from vespa_quant.evaluate.agreement import MSE
 from vespa_quant.evaluate.metrics import PairedResult
 from vespa_quant.report.findings import BudgetLine, Float32Findings, MseFindings
 from vespa_quant.report.load import DatasetResults, Entry

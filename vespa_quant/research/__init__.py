@@ -2,8 +2,12 @@
 reconstruction error against rate-distortion references (research brief Q2, Q3, Q5, Q7, Q8)."""
 
 from vespa_quant.research.distributions import (
-    DimensionStats, correlation_structure, dimension_statistics, quantization_mse,
-    rate_distortion_references, variance_share_curves,
+    DimensionStats,
+    correlation_structure,
+    dimension_statistics,
+    quantization_mse,
+    rate_distortion_references,
+    variance_share_curves,
 )
 from vespa_quant.research.report import analyze, analyze_vectors, format_analysis, write_analysis
 

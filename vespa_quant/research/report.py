@@ -26,8 +26,13 @@ from vespa_quant.evaluate.report import csv_cells, to_builtin
 from vespa_quant.files import atomic_write_text, save_figure
 from vespa_quant.quantize.base import Quantizer
 from vespa_quant.research.distributions import (
-    DEFAULT_KS, RATE_BITS, RECONSTRUCTION_METHODS, correlation_structure, dimension_statistics,
-    quantization_mse, variance_share_curves,
+    DEFAULT_KS,
+    RATE_BITS,
+    RECONSTRUCTION_METHODS,
+    correlation_structure,
+    dimension_statistics,
+    quantization_mse,
+    variance_share_curves,
 )
 
 ANALYSIS_JSON = "analysis.json"

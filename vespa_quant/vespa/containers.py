@@ -37,19 +37,20 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import docker
 import docker.errors
 import requests
 
 from vespa_quant.errors import DockerError, VespaQuantError
-from vespa_quant.vespa.topology import DEFAULT_MEMORY, IMAGE, Layout, Node
 from vespa_quant.vespa.deploy import deploy, wait_until_ready
 from vespa_quant.vespa.services import assemble, write_package
+from vespa_quant.vespa.topology import DEFAULT_MEMORY, IMAGE, Layout, Node
 
 MANAGED_LABEL = "vespa-quant.managed"
 LAYOUT_LABEL = "vespa-quant.layout"

@@ -11,7 +11,7 @@ reduction over every dimension. Vespa's judgement of the rendered text is
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vespa_quant.quantize import expr
 from vespa_quant.quantize.base import InputSpec

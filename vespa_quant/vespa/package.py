@@ -42,7 +42,7 @@ bytes of every calibrated method while both exist (``bytes_per_vector`` stays on
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from vespa.package import (
     HNSW,

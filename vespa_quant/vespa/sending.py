@@ -119,7 +119,20 @@ def run_pool(client: VespaClient, items: Iterable[tuple[K, P]], request: Callabl
                 run.fatal = error
         stop.set()
 
+    running = [concurrency]
+    all_done = threading.Event()
+    """Set by the last worker to end: the monitor below wakes at once instead of at its next tick."""
+
     def worker() -> None:
+        try:
+            work()
+        finally:
+            with lock:
+                running[0] -= 1
+                if running[0] == 0:
+                    all_done.set()
+
+    def work() -> None:
         while not stop.is_set():
             with lock:
                 try:
@@ -159,8 +172,8 @@ def run_pool(client: VespaClient, items: Iterable[tuple[K, P]], request: Callabl
         for thread in threads:
             thread.start()
         try:
-            while any(thread.is_alive() for thread in threads):
-                threads[0].join(0.1) if threads[0].is_alive() else time.sleep(0.1)
+            while not all_done.is_set():
+                all_done.wait(0.1)  # a progress and watchdog tick; returns as soon as the workers are done
                 with lock:
                     done, failed = len(run.answers), sum(not a.ok for a in run.answers.values())
                     quiet = time.monotonic() - last_ack[0]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import io
 import shutil
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from vespa.configuration.services import (
     admin,

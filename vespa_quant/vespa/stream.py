@@ -43,7 +43,6 @@ from vespa_quant.vespa.client import START_HINT, HttpPolicy, VespaClient, check_
 from vespa_quant.vespa.feeder import put_rows
 from vespa_quant.vespa.manifest import manifest_entry, manifest_path, read_manifest, save_calibration, write_manifest
 from vespa_quant.vespa.naming import DOCUMENT_TYPE, NAMESPACE
-from vespa_quant.vespa.wire import documents_count_body
 from vespa_quant.vespa.recalibrate import (
     SlotCheck,
     SlotWrite,
@@ -51,6 +50,7 @@ from vespa_quant.vespa.recalibrate import (
     verify_inactive_slot,
     write_inactive_slot,
 )
+from vespa_quant.vespa.wire import documents_count_body
 
 EMPTY_HINT = "streaming drift fills an empty index: `vespa-quant down && vespa-quant up` gives one"
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def _slot_fields(
         stop = min(start + _CHUNK, n_docs)
         encoded = [(field, _hex_rows(array[start:stop], cell_type)) for field, cell_type, array in layout]
         for offset, doc_id in enumerate(doc_ids[start:stop]):
-            fields = dict(ids)
+            fields: dict[str, object] = dict(ids)
             for field, rows in encoded:
                 fields[field] = {"values": rows[offset]}
             yield str(doc_id), fields

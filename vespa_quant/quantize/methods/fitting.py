@@ -46,7 +46,7 @@ def gauss_occupancy(levels: int) -> np.ndarray:
 
 
 @njit(parallel=True, cache=True)
-def _bucketize(values, centre, scale, boundaries, upper_on_tie, out):  # type: ignore[no-untyped-def]
+def _bucketize(values, centre, scale, boundaries, upper_on_tie, out):
     n, d = values.shape
     for r in prange(n):
         for i in range(d):

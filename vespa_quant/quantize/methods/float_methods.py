@@ -13,7 +13,7 @@ from vespa_quant.quantize.scoring import VectorDocs, VectorQueries, vector_cells
 
 
 @njit(parallel=True, cache=True)
-def _upper_rounded(bits, out):  # type: ignore[no-untyped-def]
+def _upper_rounded(bits, out):
     """The upper 16 bits of each float32 bit pattern rounded to nearest, ties to even (one pass)."""
     for i in prange(bits.shape[0]):
         value = bits[i]

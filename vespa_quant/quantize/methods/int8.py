@@ -21,7 +21,7 @@ from vespa_quant.quantize.scoring import VectorDocs, VectorQueries
 
 
 @njit(parallel=True, cache=True)
-def _encode(vectors, low, step, out):  # type: ignore[no-untyped-def]
+def _encode(vectors, low, step, out):
     for r in prange(vectors.shape[0]):
         for i in range(vectors.shape[1]):
             level = np.round((np.float64(vectors[r, i]) - low[i]) / step[i])
