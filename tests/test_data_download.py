@@ -104,6 +104,7 @@ def base_url(httpd: LocalServer, prefix: str = "/datasets") -> str:
     return f"http://127.0.0.1:{httpd.server_address[1]}{prefix}"
 
 
+@pytest.mark.integration  # beir.util imports torch: ~7 s
 def test_verified_download_loads(server: LocalServer, tmp_path: Path) -> None:
     content = make_zip("tiny")
     server.files["/datasets/tiny.zip"] = content
