@@ -183,7 +183,7 @@ def test_prepared_bits_are_reused() -> None:
     docs = RNG.integers(0, 256, (200, 7), dtype=np.uint8)
     queries = RNG.integers(0, 256, (3, 7), dtype=np.uint8)
     prepared = kernels.prepare_bits(docs)
-    assert prepared.n_docs == 200 and prepared.words.shape == (4, 1, kernels.BLOCK_DOCS)
+    assert prepared.n_docs == 200 and prepared.words.shape == (4, 1, kernels.BLOCK_DOCS) and prepared.rows.shape == (200, 1)
     for got, want in zip(kernels.hamming_topk(queries, prepared, 9), kernels.hamming_topk(queries, docs, 9)):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(VespaQuantError, match="7 bytes"):

@@ -25,6 +25,8 @@ fastest of 1-16 Ki here, beside faiss' 1 Ki x 4 Ki query blocks)."""
 DIRECT_QUERIES = 4
 """Fewer queries than this are scored row by row without decoding: a GEMM only pays off when each
 decoded block serves several queries."""
+DIRECT_TILE = 256
+"""Rows per tile of the direct scan: 96 KiB of int8 rows at 384 dims, in L2 across its queries."""
 TABLES_UP_TO = 1000
 """Register tables while ``queries x bits`` stays below this, decode + GEMM above (measured
 crossovers: ~500 queries at 2 bits, ~250 at 4 bits, on 1M documents, 2 cores)."""
@@ -46,6 +48,10 @@ def _to_float32(value):
 def _to_float32_impl(value):
     if value == types.uint16:
         return lambda value: _bitcast_float32(np.uint32(value) << np.uint32(16))
+    if value == types.int8:
+        # Through int32: LLVM then widens 16 cells per instruction (1M x 384 int8, one query:
+        # 12.5 ms against 14.9 ms converting int8 to float32 directly).
+        return lambda value: np.float32(np.int32(value))
     return lambda value: np.float32(value)
 
 
@@ -123,11 +129,19 @@ def _dot(query, doc):
 
 @njit(cache=True, nogil=True)
 def _direct_part(queries, docs, first, last, k, part, keys, rows, count, threshold):
-    for r in range(first, last):
+    """Tiles of :data:`DIRECT_TILE` rows, each served to every query from L1; the query's k-th
+    score is held in a local between pushes (reading it from the array per row, with the row loop
+    outside the query loop, measured 24.5 ms against 14.2 ms for one query on 1M x 384 int8)."""
+    for start in range(first, last, DIRECT_TILE):
+        stop = min(start + DIRECT_TILE, last)
         for q in range(queries.shape[0]):
-            score = _dot(queries[q], docs[r])
-            if score > threshold[part, q]:
-                topk.push(keys, rows, count, threshold, part, q, score, r, k)
+            query = queries[q]
+            limit = threshold[part, q]
+            for r in range(start, stop):
+                score = _dot(query, docs[r])
+                if score > limit:
+                    topk.push(keys, rows, count, threshold, part, q, score, r, k)
+                    limit = threshold[part, q]
 
 
 @njit(cache=True, nogil=True)
