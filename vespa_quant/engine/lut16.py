@@ -25,6 +25,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from vespa_quant.engine import lut, topk
+from vespa_quant.engine.prefetch import CACHE_LINE, prefetch
 from vespa_quant.errors import VespaQuantError
 
 LANES = 16
@@ -32,6 +33,8 @@ AVAILABLE = bool(llvm.get_host_cpu_features().get("avx512f", False))
 """Whether this CPU runs the kernel (VPERMPS on 512-bit registers needs AVX-512F)."""
 BLOCKS_PER_STEP = 16
 """Blocks of 16 documents scored per query before moving to the next query (256 documents; even)."""
+PREFETCH_BLOCKS = 8
+"""How far ahead the first query of a step requests blocks (:mod:`.prefetch`)."""
 
 
 @intrinsic
@@ -123,10 +126,16 @@ def _nibble_part(luts, words, n_docs, first, last, k, part,
     n_words = words.shape[1]
     per_query = luts.shape[1] * LANES
     scores = np.zeros(2 * LANES, dtype=np.float32)
+    flat = words.reshape(-1)
+    pair = 2 * n_words * LANES
     for start in range(first, last, BLOCKS_PER_STEP):
         stop = min(start + BLOCKS_PER_STEP, last)
         for q in range(luts.shape[0]):
             for b in range(start, stop, 2):
+                ahead = (b + PREFETCH_BLOCKS) * n_words * LANES
+                if q == 0 and ahead + pair <= flat.shape[0]:
+                    for at in range(ahead, ahead + pair, CACHE_LINE // 4):
+                        prefetch(flat, at)
                 _score_pair(scores, luts, q * per_query, words, b * n_words * LANES, n_words)
                 if _largest(scores) <= threshold[part, q]:
                     continue
