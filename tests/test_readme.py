@@ -29,3 +29,12 @@ def test_main_command_runs_the_embedded_default() -> None:
     main = readme_commands()[0]
     assert "vespa-quant evaluate --dataset scifact --model all-MiniLM-L6-v2" in main
     assert "--backend" not in main  # the in-process engine is the default
+
+
+def test_the_speed_table_is_the_benchmarks_own_output() -> None:
+    """The README's engine table is copied from ``results/engine_vs_faiss/table.txt``, never typed."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```text\n(op +n_docs.+?)\n```", readme, flags=re.S)
+    assert block, "the README has no engine_vs_faiss table"
+    printed = set((ROOT / "results" / "engine_vs_faiss" / "table.txt").read_text().splitlines())
+    assert [line for line in block.group(1).splitlines() if line not in printed] == []
