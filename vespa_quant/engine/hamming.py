@@ -116,6 +116,15 @@ def _hamming_part(query_words, blocks, first, last, n_docs, k, part,
 
 
 @njit(cache=True, nogil=True)
+def _row_distance(word, docs, r):
+    """Hamming distance of query ``word`` (a tuple of words) to row ``r``."""
+    distance = np.uint64(0)
+    for w in range(len(word)):
+        distance += _popcount(word[w] ^ docs[r, w])
+    return distance
+
+
+@njit(cache=True, nogil=True)
 def _offer(distance, limit, r, keys, rows, count, threshold, part, q, k):
     """Push row ``r`` if its distance beats ``limit``; returns the (possibly raised) limit."""
     if np.int64(distance) < limit:
@@ -138,20 +147,14 @@ def _hamming_rows_part(query_words, docs, first, last, k, part, keys, rows, coun
             limit = -np.int64(threshold[part, q])
             r = start
             while r + 1 < stop:
-                near = np.uint64(0)
-                far = np.uint64(0)
-                for w in range(len(word)):
-                    near += _popcount(word[w] ^ docs[r, w])
-                    far += _popcount(word[w] ^ docs[r + 1, w])
+                near = _row_distance(word, docs, r)
+                far = _row_distance(word, docs, r + 1)
                 if min(np.int64(near), np.int64(far)) < limit:
                     limit = _offer(near, limit, r, keys, rows, count, threshold, part, q, k)
                     limit = _offer(far, limit, r + 1, keys, rows, count, threshold, part, q, k)
                 r += 2
             if r < stop:
-                near = np.uint64(0)
-                for w in range(len(word)):
-                    near += _popcount(word[w] ^ docs[r, w])
-                _offer(near, limit, r, keys, rows, count, threshold, part, q, k)
+                _offer(_row_distance(word, docs, r), limit, r, keys, rows, count, threshold, part, q, k)
 
 
 def hamming_topk(query_bits: np.ndarray, doc_bits: np.ndarray | PreparedBits, k: int, *,
@@ -171,10 +174,10 @@ def hamming_topk(query_bits: np.ndarray, doc_bits: np.ndarray | PreparedBits, k:
     for s in topk.query_chunks(len(words)):
         chunk = words[s:s + topk.QUERY_CHUNK]
         state = topk.buffers(parts, len(chunk), k, np.int32)
-        row_words = tuple(tuple(query) for query in chunk) if len(chunk) < ROW_QUERIES else ()
+        row_words = tuple(tuple(query) for query in chunk) if len(chunk) < ROW_QUERIES else None
 
         def scan(part: int) -> None:
-            if len(chunk) < ROW_QUERIES:
+            if row_words is not None:
                 _hamming_rows_part(row_words, docs.rows, *topk.span(part, parts, docs.n_docs), k, part, *state)
             else:
                 first, last = topk.span(part, parts, docs.words.shape[0])
