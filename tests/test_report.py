@@ -81,6 +81,33 @@ def test_report_page_figures_and_numbers_come_from_the_results(results_folders, 
 
 
 @pytest.mark.integration  # two evaluate runs and figures: ~4 s
+def test_every_peer_is_set_against_float32_and_our_best_row_of_its_size(results_folders, tmp_path: Path) -> None:
+    """The lossless ceiling: float32 − peer and ours − peer per peer row, from the per-query values."""
+    first, _ = results_folders
+    result = CliRunner().invoke(app, ["report", str(first), "--output", str(tmp_path / "page"), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "page" / "report.md").read_text()
+    assert "### Every peer against our best row of its size, and the lossless ceiling" in page
+    rows = {row["method"]: row for row in json.loads((first / "results.json").read_text())}
+    per_query = _per_query(first)
+    peers = [m for m, r in rows.items() if r["peer"]]
+    assert peers
+    for peer in peers:
+        line = next(line for line in page.splitlines() if line.startswith(f"| {peer} | "))
+        ceiling = paired_bootstrap(per_query["float32"], per_query[peer], n_resamples=200, seed=0)
+        assert f"| {ceiling.delta_mean:+.4f} [{ceiling.ci_low:+.4f}, {ceiling.ci_high:+.4f}] |" in line
+        fitting = [m for m, r in rows.items() if not r["peer"] and m != "binary_rescore"
+                   and r["bytes_per_vector"] <= rows[peer]["bytes_per_vector"]]
+        best = max(fitting, key=lambda m: rows[m]["ndcg_at_10"])
+        ours = paired_bootstrap(per_query[best], per_query[peer], n_resamples=200, seed=0)
+        assert f"| {best} ({rows[best]['bytes_per_vector']:g} B) |" in line
+        assert line.endswith(f"| {ours.delta_mean:+.4f} [{ours.ci_low:+.4f}, {ours.ci_high:+.4f}] | {ours.p_value:.3f} |")
+    reachable = sum(1 for peer in peers
+                    if paired_bootstrap(per_query["float32"], per_query[peer], n_resamples=200, seed=0).ci_low > 0)
+    assert f"float32 itself is significantly above {reachable} of the {len(peers)} peer rows" in page
+
+
+@pytest.mark.integration  # two evaluate runs and figures: ~4 s
 def test_report_rejects_a_folder_given_twice(results_folders, tmp_path: Path) -> None:
     first, _ = results_folders
     result = CliRunner().invoke(app, ["report", str(first), str(first), "--output", str(tmp_path / "page")])

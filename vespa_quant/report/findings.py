@@ -2,6 +2,9 @@
 
 * :func:`budget_lines` - issue 11's acceptance table: at each byte budget, our best row that fits
   against the best peer that fits, and the paired bootstrap of their per-query difference;
+* :func:`peer_lines` - every peer against our best row of its size and against float32 itself, the
+  lossless ceiling: where not even float32's own ranking is significantly above a peer, no
+  quantizer can be shown to beat it on these queries;
 * :func:`float32_findings` - brief Q6: which rows differ significantly from float32 (the rows'
   own ``delta_vs_float32_ci``, paired over queries), and whether any beats it;
 * :func:`mse_findings` - brief Q1: does reconstruction MSE order methods as ranking fidelity and
@@ -64,6 +67,41 @@ def budget_lines(results: DatasetResults, budgets: Sequence[int] = DEFAULT_BUDGE
         difference = (paired_bootstrap(ours.ndcg, peer.ndcg, n_resamples=n_resamples, seed=seed)
                       if ours is not None and peer is not None else None)
         lines.append(BudgetLine(budget, ours, peer, difference))
+    return lines
+
+
+@dataclass(frozen=True)
+class PeerLine:
+    """A peer row against our best row that fits its bytes and against float32 (paired, ours - peer)."""
+
+    peer: Entry
+    ours: Entry | None
+    ours_minus_peer: PairedResult | None
+    float32_minus_peer: PairedResult | None
+
+    @property
+    def ceiling_verdict(self) -> str | None:
+        """``beats`` when even float32 is significantly above the peer, so a quantizer can be too."""
+        return verdict(self.float32_minus_peer)
+
+    @property
+    def ours_verdict(self) -> str | None:
+        return verdict(self.ours_minus_peer)
+
+
+def peer_lines(results: DatasetResults, *, n_resamples: int = 1000, seed: int = 0) -> list[PeerLine]:
+    """One line per peer row at the widest dim, smallest first (ties: the better peer first)."""
+    float32 = results.float32
+    dim = None if float32 is None else float32.row["dim"]
+    peers = sorted((e for e in results.entries if e.peer and (dim is None or e.row["dim"] == dim)),
+                   key=lambda e: (e.bytes, -e.mean))
+
+    def difference(a: Entry | None, b: Entry) -> PairedResult | None:
+        return None if a is None else paired_bootstrap(a.ndcg, b.ndcg, n_resamples=n_resamples, seed=seed)
+    lines = []
+    for peer in peers:
+        ours = best_within(results.entries, peer.bytes, peer=False)
+        lines.append(PeerLine(peer, ours, difference(ours, peer), difference(float32, peer)))
     return lines
 
 

@@ -1,7 +1,8 @@
 """``report.md``: one Markdown page from one or more results folders (issue 11, point 5).
 
 Per dataset: the Pareto figure, the best row per byte budget against the best peer (paired 95%
-CI of the difference, from ``per_query.csv``), the research questions answered in sentences
+CI of the difference, from ``per_query.csv``), every peer against our best row of its size and
+against float32 (the ceiling any quantizer can reach), the research questions answered in sentences
 (:mod:`~vespa_quant.report.sentences`) and every row in one table; then what holds across the
 datasets. Every number on the page is read from the results files or computed from them here
 (STYLE 13); re-running on the same folders gives the same page byte for byte.
@@ -15,18 +16,27 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vespa_quant.evaluate.agreement import MSE, SWAP, TAU
+from vespa_quant.evaluate.metrics import PairedResult
 from vespa_quant.files import atomic_write_text
 from vespa_quant.folders import write_folder
 from vespa_quant.report.figures import pareto_figure
 from vespa_quant.report.findings import (
     DEFAULT_BUDGETS,
     BudgetLine,
+    PeerLine,
     budget_lines,
     float32_findings,
     mse_findings,
+    peer_lines,
 )
 from vespa_quant.report.load import DatasetResults, Entry, load_datasets
-from vespa_quant.report.sentences import across_datasets, budget_sentences, q1_sentences, q6_sentences
+from vespa_quant.report.sentences import (
+    across_datasets,
+    budget_sentences,
+    ceiling_sentences,
+    q1_sentences,
+    q6_sentences,
+)
 
 REPORT_MD = "report.md"
 
@@ -105,6 +115,24 @@ def budget_table(results: DatasetResults, lines: Sequence[BudgetLine]) -> list[s
     return _table(header, body)
 
 
+def _difference(result: PairedResult | None) -> tuple[str, str]:
+    if result is None:
+        return "–", "–"
+    return (f"{result.delta_mean:+.4f} [{result.ci_low:+.4f}, {result.ci_high:+.4f}]", _number(result.p_value, ".3f"))
+
+
+def peer_table(results: DatasetResults, lines: Sequence[PeerLine]) -> list[str]:
+    header = ["peer", "bytes", "NDCG@10", "float32 − peer [95% CI]", "p", "best of ours ≤ bytes", "NDCG@10",
+              "ours − peer [95% CI]", "p"]
+    body = []
+    for line in lines:
+        ours = ("–", "–") if line.ours is None else (f"{results.label(line.ours)} ({line.ours.bytes:g} B)",
+                                                   _number(line.ours.mean, ".4f"))
+        body.append([results.label(line.peer), f"{line.peer.bytes:g}", _number(line.peer.mean, ".4f"),
+                     *_difference(line.float32_minus_peer), *ours, *_difference(line.ours_minus_peer)])
+    return _table(header, body)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
@@ -138,6 +166,7 @@ def _write_report(all_results: Sequence[DatasetResults], folders: Sequence[Path]
         versus_float32 = float32_findings(ordered)
         float32_by_dataset.append(versus_float32)
         mse = mse_findings(ordered, n_resamples=n_resamples, seed=bootstrap_seed)
+        against_peers = peer_lines(ordered, n_resamples=n_resamples, seed=bootstrap_seed)
         n_peers = sum(1 for e in entries if e.peer)
         page += [f"## {results.dataset} / {results.model}", "",
                  f"{len(entries) - n_peers} rows of ours and {n_peers} peer rows, "
@@ -146,6 +175,9 @@ def _write_report(all_results: Sequence[DatasetResults], folders: Sequence[Path]
                  "### Best method per byte budget", ""]
         page += budget_table(ordered, lines) + [""]
         page += [" ".join(budget_sentences(ordered, lines)), "",
+                 "### Every peer against our best row of its size, and the lossless ceiling", ""]
+        page += peer_table(ordered, against_peers) + [""]
+        page += [" ".join(ceiling_sentences(ordered, against_peers)), "",
                  "### Q1: does reconstruction MSE predict ranking?", "",
                  " ".join(q1_sentences(ordered, mse)), "",
                  "### Q6: which methods differ significantly from float32?", "",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from vespa_quant.evaluate.agreement import MSE
 from vespa_quant.evaluate.metrics import PairedResult
-from vespa_quant.report.findings import BudgetLine, Float32Findings, MseFindings
+from vespa_quant.report.findings import BudgetLine, Float32Findings, MseFindings, PeerLine
 from vespa_quant.report.load import DatasetResults, Entry
 
 STRONG, MODERATE = 0.7, 0.4
@@ -131,6 +131,42 @@ def budget_sentences(results: DatasetResults, lines: Sequence[BudgetLine]) -> li
             sentences.append(f"Our best row {phrase} at " + "; ".join(groups[key]) + ".")
     if missing:
         sentences.append("Not compared: " + ", ".join(missing) + ".")
+    return sentences
+
+
+def ceiling_sentences(results: DatasetResults, lines: Sequence[PeerLine]) -> list[str]:
+    """Which peers even a lossless code could be shown to beat on these queries, and which ours does.
+
+    A quantizer's score approximates float32's, so its expected NDCG@10 is float32's plus its own
+    error: where float32's own paired interval against a peer includes 0, a quantizer can come out
+    "significantly better" only by departing from float32 in the lucky direction on these queries.
+    """
+    compared = [line for line in lines if line.float32_minus_peer is not None]
+    if not compared:
+        return [f"No float32 row on {results.dataset}: the lossless ceiling is not computed."]
+    n = len(compared[0].peer.query_ids)
+    reachable = [line for line in compared if line.ceiling_verdict == "beats"]
+    out_of_reach = [line for line in compared if line.ceiling_verdict != "beats"]
+
+    def listing(chosen: Sequence[PeerLine]) -> str:
+        shown = [f"{results.label(line.peer)} ({line.peer.bytes:g} B, float32 − peer "
+                 f"{paired_text(line.float32_minus_peer)})" for line in chosen[:LISTED] if line.float32_minus_peer]
+        more = len(chosen) - len(shown)
+        return "; ".join(shown) + (f" and {more} more" if more > 0 else "")
+    sentences = [f"On {results.dataset}'s {n} queries float32 itself is significantly above {len(reachable)} of "
+                 f"the {len(compared)} peer rows" + (f": {listing(reachable)}." if reachable else ".")]
+    if out_of_reach:
+        sentences.append("Not even a lossless code could be shown to beat " + listing(out_of_reach)
+                         + ": there a quantizer is significantly better only by departing from float32's ranking "
+                         "in the lucky direction on these queries.")
+    beaten = [line for line in compared if line.ours_verdict == "beats"]
+    above = [line for line in compared if line.ours_minus_peer is not None and line.ours_minus_peer.delta_mean > 0]
+    sentences.append(f"Our best row of the same size is above {len(above)} of the {len(compared)} peer rows in "
+                     f"point estimate and significantly above {len(beaten)}"
+                     + (": " + ", ".join(f"{results.label(line.peer)} (by {results.label(line.ours)}, "
+                                         f"{paired_text(line.ours_minus_peer)})"
+                                         for line in beaten[:LISTED] if line.ours and line.ours_minus_peer) + "."
+                        if beaten else "."))
     return sentences
 
 
