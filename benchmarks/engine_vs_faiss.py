@@ -12,7 +12,8 @@ before any time is printed.
 Times are medians of interleaved runs (ours, peer, ours, peer, ...), at 1 and 2 threads
 (the kernels' ``threads`` / ``faiss.omp_set_num_threads``), for a batch of queries and for single
 queries. ``ratio`` = peer_s / ours_s (> 1: we are faster). ``bandwidth_fraction`` = code bytes read
-per call / ours_s / measured read bandwidth at that thread count (numpy sums of 1 GiB on threads):
+per call / ours_s / read bandwidth at that thread count (numpy sums of 1 GiB on threads, measured
+in the same interleaved rounds, median; the ``bw`` column, GB/s):
 near 1 a scan is memory-bound; a batch reuses each block across queries, so it is compute-bound
 and small. faiss ``IndexFlatIP`` switches to BLAS above ``faiss.cvar.distance_compute_blas_threshold``
 queries; both settings (BLAS forced on / faiss default) are timed and the faster is the peer.
@@ -26,19 +27,15 @@ BLAS kernels in use are printed first. Run: ``python benchmarks/engine_vs_faiss.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import statistics
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numba
 import numpy as np
+from bench_timing import Op, Ours, Peer, ReadProbe, Result, Search, interleaved, print_row, time_op
 from sentence_transformers.quantization import quantize_embeddings
 from threadpoolctl import threadpool_info
 
@@ -49,11 +46,6 @@ from vespa_quant.quantize.methods.fitting import gauss_lloyd_max
 GAUSS_BOUNDARIES, GAUSS_LEVELS = gauss_lloyd_max(4)
 MOMENTS = Path(__file__).with_name("minilm_scifact_moments.npz")
 CHUNK = 65536
-Result = tuple[np.ndarray, np.ndarray]
-Search = Callable[[np.ndarray], Result]
-Ours = Callable[[np.ndarray, int], Result]
-Check = Callable[[Result, Result, np.ndarray], None]
-Peer = tuple[str, Search, Check]
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -112,20 +104,6 @@ def exact_topk(queries: np.ndarray, decode: Callable[[int, int], np.ndarray], n:
 
 
 # --- ops: each returns (ours, [(peer name, peer, check)], code bytes per document) ----------
-
-@dataclass
-class Op:
-    """One kind of scan: our variants (name -> the one call the engine makes), the peers with the
-    check that ties each peer's answer to ours, and the code bytes a scan reads per document."""
-
-    ours: dict[str, Ours]
-    peers: list[Peer]
-    bytes_per_doc: int
-    fastest_peer_only: bool = False
-    """Report only the fastest peer (the same index on two of faiss' code paths)."""
-    batch_only: tuple[str, ...] = ()
-    """Variants timed only on the batch (a forced path the engine never takes for one query)."""
-
 
 def sign_bits(x: np.ndarray) -> np.ndarray:
     return np.packbits(x > 0, axis=1)
@@ -284,66 +262,6 @@ def op_float32(n: int, k: int) -> Op:
                                    peer(default_threshold), check)], 384 * 4, fastest_peer_only=True)
 
 
-# --- timing --------------------------------------------------------------------------------
-
-def read_bandwidth(threads: int) -> float:
-    """Bytes/s of summing 1 GiB with numpy, split over ``threads`` threads (numpy releases the GIL):
-    the machine's memory read bandwidth."""
-    words = np.ones(1 << 27, dtype=np.int64)
-    parts = np.array_split(words, threads)
-    with ThreadPoolExecutor(threads) as pool:
-        times = []
-        for _ in range(6):
-            started = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            times.append(time.perf_counter() - started)
-    return words.nbytes / min(times[1:])
-
-
-def interleaved(ours: Callable[[], object], peer: Callable[[], object], repeats: int) -> tuple[float, float]:
-    mine: list[float] = []
-    theirs: list[float] = []
-    for _ in range(repeats):
-        for work, into in ((ours, mine), (peer, theirs)):
-            started = time.perf_counter()
-            work()
-            into.append(time.perf_counter() - started)
-    return statistics.median(mine), statistics.median(theirs)
-
-
-def time_op(op: Op, queries: np.ndarray, n: int, threads: int, bandwidth: float, repeats: int) -> list[dict]:
-    """Check every variant against every peer, then time them in interleaved rounds."""
-    rows = []
-    for batch in (len(queries), 1):
-        calls = [queries] if batch > 1 else [queries[i:i + 1] for i in range(3 * repeats)]
-        variants = {name: v for name, v in op.ours.items() if batch > 1 or name not in op.batch_only}
-        for variant in variants.values():
-            for _, peer, check in op.peers:
-                for call in calls[:3]:
-                    check(variant(call, threads), peer(call), call)
-        timed: dict[str, Callable[[np.ndarray], object]] = {name: peer for name, peer, _ in op.peers}
-        for name, variant in variants.items():
-            timed[name] = functools.partial(lambda q, v, t: v(q, t), v=variant, t=threads)
-        times: dict[str, list[float]] = {name: [] for name in timed}
-        for _ in range(repeats if batch > 1 else 3):
-            for name, work in timed.items():
-                started = time.perf_counter()
-                for call in calls:
-                    work(call)
-                times[name].append((time.perf_counter() - started) / len(calls))
-        median = {name: statistics.median(t) for name, t in times.items()}
-        peer_names = [name for name, _, _ in op.peers]
-        if op.fastest_peer_only:
-            peer_names = [min(peer_names, key=median.__getitem__)]
-        for name in variants:
-            for peer_name in peer_names:
-                rows.append({"op": name, "n_docs": n, "threads": threads, "batch": batch, "ours_s": median[name],
-                             "peer": peer_name, "peer_s": median[peer_name],
-                             "ratio": median[peer_name] / median[name],
-                             "bandwidth_fraction": n * op.bytes_per_doc / median[name] / bandwidth})
-    return rows
-
-
 def calibrate_encode(n: int) -> list[dict]:
     """Encoding throughput (one thread, numpy) vs sentence-transformers' quantize_embeddings."""
     x = np.concatenate(list(synthetic(n, 1)))
@@ -377,19 +295,13 @@ def calibrate_encode(n: int) -> list[dict]:
         ours_s, peer_s = interleaved(ours, peer, 3)
         rows.append({"op": name, "n_docs": n, "threads": 1, "batch": n, "ours_s": ours_s,
                      "peer": "sentence_transformers.quantize_embeddings", "peer_s": peer_s,
-                     "ratio": peer_s / ours_s, "bandwidth_fraction": None})
+                     "ratio": peer_s / ours_s, "bandwidth_fraction": None, "read_bandwidth": None})
     return rows
 
 
 OPS: dict[str, Callable[[int, int], Op]] = {
     "hamming": op_hamming, "binary_asym": op_binary_asym, "lloyd_max_gauss": op_lloyd_max_gauss,
     "int8_asym": op_int8, "float32": op_float32}
-
-
-def print_row(row: dict) -> None:
-    fraction = "" if row["bandwidth_fraction"] is None else f"{row['bandwidth_fraction']:9.3f}"
-    print(f"{row['op']:27s} {row['n_docs']:>9d} {row['threads']:>2d} {row['batch']:>7d} {row['ours_s']:10.5f} "
-          f"{row['peer_s']:10.5f} {row['ratio']:7.2f} {fraction:>9s}  {row['peer']}", flush=True)
 
 
 def main() -> None:
@@ -408,12 +320,13 @@ def main() -> None:
               f"{Path(lib['filepath']).name}")
     print(f"# numba {numba.__version__}, faiss {faiss.__version__}, numpy {np.__version__}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other processes skew 2-thread rows)")
-    bandwidth = {t: read_bandwidth(t) for t in args.threads}
-    print("# read bandwidth: " + ", ".join(f"{t} thread(s) {b / 1e9:.1f} GB/s" for t, b in bandwidth.items()))
+    probes = {t: ReadProbe(t) for t in args.threads}
+    print("# read bandwidth at the start: " + ", ".join(f"{t} thread(s) {p.best_of(5) / 1e9:.1f} GB/s"
+                                                        for t, p in probes.items()))
     print("# ratio = peer_s / ours_s; times are medians, seconds per call; bw_frac = code bytes per call / "
-          "ours_s / read bandwidth")
+          "ours_s / read bandwidth; bw = that read bandwidth, GB/s, measured in the same rounds")
     print(f"{'op':27s} {'n_docs':>9s} {'th':>2s} {'batch':>7s} {'ours_s':>10s} {'peer_s':>10s} {'ratio':>7s} "
-          f"{'bw_frac':>9s}  peer")
+          f"{'bw_frac':>9s} {'bw':>5s}  peer")
     queries = next(synthetic(args.queries, 2))
     results: list[dict] = []
     for n in args.docs:
@@ -427,7 +340,7 @@ def main() -> None:
                 op, rows = OPS[name](n, args.k), []
                 for threads in args.threads:
                     faiss.omp_set_num_threads(threads)
-                    timed = time_op(op, queries, n, threads, bandwidth[threads], args.repeats)
+                    timed = time_op(op, queries, n, threads, probes[threads], args.repeats)
                     for row in timed:
                         print_row(row)
                     rows += timed

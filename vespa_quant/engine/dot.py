@@ -30,6 +30,12 @@ DIRECT_TILE = 256
 TABLES_UP_TO = 1000
 """Register tables while ``queries x bits`` stays below this, decode + GEMM above (measured
 crossovers: ~500 queries at 2 bits, ~250 at 4 bits, on 1M documents, 2 cores)."""
+BYTE_TABLES_UP_TO = 128
+"""Without register tables, byte tables while ``queries x bits`` stays below this, decode + GEMM
+above: a query's byte tables hold 256 floats per code byte, so a batch's tables outgrow L2 (1M
+documents, 2 threads, AMD EPYC without AVX-512: byte tables 1.29 s against GEMM 1.97 s at 100
+queries of 1-bit codes, 3.25 s against 2.42 s at 200; 1.54 s against 1.54 s at 50 queries of
+2-bit codes, 2.95 s against 1.73 s at 100)."""
 _controller: list[ThreadpoolController] = []
 
 
@@ -229,7 +235,8 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, thr
     float32 once and multiplied by all queries in one GEMM; below, each row is dotted with each
     query directly. Packed codes of at most 4 bits go through register lookup tables
     (:mod:`.lut16`) whenever the CPU has them -- faster than the GEMM even for a batch -- and
-    otherwise through byte lookup tables (:mod:`.lut`) below :data:`DIRECT_QUERIES` queries;
+    otherwise through byte lookup tables (:mod:`.lut`) while ``queries x bits`` stays below
+    :data:`BYTE_TABLES_UP_TO` (or below :data:`DIRECT_QUERIES` queries, whatever the bits);
     ``path`` forces "tables" or "gemm" (for measurements).
     """
     topk.check_k(k)
@@ -240,7 +247,8 @@ def dot_topk(queries: np.ndarray, docs: np.ndarray | PackedCodes, k: int, *, thr
         # Register tables cost ~bits per query and document, the decoded GEMM ~1 per block shared by
         # all queries: for big batches the GEMM wins (1M docs x 1000 queries, 4 bits: 5.5 s vs 12.9 s).
         registers = docs.nibbles is not None and len(queries) * docs.bits < TABLES_UP_TO
-        tables = registers or len(queries) < DIRECT_QUERIES
+        byte_tables = docs.nibbles is None and len(queries) * docs.bits < BYTE_TABLES_UP_TO
+        tables = registers or byte_tables or len(queries) < DIRECT_QUERIES
         if path == "tables" or (path == "auto" and tables):
             return _tables_topk(queries, docs, k, threads)
     parts = topk.threads_for(threads, docs.shape[0])

@@ -37,14 +37,22 @@ _pool: list[ThreadPoolExecutor] = []
 
 
 def run_parts(work: Callable[[int], None], parts: int) -> None:
-    """``work(part)`` for every part: on the calling thread for one part, else on the pool."""
+    """``work(part)`` for every part: part 0 on the calling thread, the others on the pool.
+
+    The caller scans too instead of only waiting: one thread fewer to wake per call, which is most
+    of the cost of splitting a single query's scan (a few milliseconds at 1M documents).
+    """
     if parts == 1:
         work(0)
         return
     if not _pool:
         _pool.append(ThreadPoolExecutor(max_workers=max(CORES, 2), thread_name_prefix="vespa-quant-scan"))
-    for done in [_pool[0].submit(work, part) for part in range(parts)]:
-        done.result()
+    others = [_pool[0].submit(work, part) for part in range(1, parts)]
+    try:
+        work(0)
+    finally:
+        for done in others:
+            done.result()
 
 
 def span(part: int, parts: int, n: int, align: int = 1) -> tuple[int, int]:
