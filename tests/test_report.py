@@ -79,6 +79,15 @@ def test_report_page_figures_and_numbers_come_from_the_results(results_folders, 
     table = [line for line in page.splitlines() if re.match(r"\| \d+ \| ", line)]
     assert len(table) == len(rows) + len(json.loads((second / "results.json").read_text()))
 
+    second_per_query = _per_query(second)
+    common = sorted(m for m, r in rows.items() if r["peer"] and m in second_per_query)
+    never = [m for m in common if all(
+        paired_bootstrap(values["float32"], values[m], n_resamples=200, seed=0).ci_low <= 0
+        for values in (per_query, second_per_query))]
+    assert common
+    assert ("so that no quantizer can be shown to beat them on these queries by keeping float32's ranking: "
+            + (", ".join(never) or "none") + ".") in page
+
 
 @pytest.mark.integration  # two evaluate runs and figures: ~4 s
 def test_every_peer_is_set_against_float32_and_our_best_row_of_its_size(results_folders, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from vespa_quant.report.load import DatasetResults, Entry, load_datasets
 from vespa_quant.report.sentences import (
     across_datasets,
     budget_sentences,
+    ceiling_across,
     ceiling_sentences,
     q1_sentences,
     q6_sentences,
@@ -156,6 +157,7 @@ def _write_report(all_results: Sequence[DatasetResults], folders: Sequence[Path]
             f"{n_resamples} resamples, seed {bootstrap_seed}). Bytes are memory per document (codes only); rows "
             "that rescore from a paged float32 copy fit no budget.", ""]
     float32_by_dataset = []
+    peers_by_dataset = []
     for results in all_results:
         entries = ordered_entries(results)
         numbers = list(range(1, len(entries) + 1))
@@ -167,6 +169,7 @@ def _write_report(all_results: Sequence[DatasetResults], folders: Sequence[Path]
         float32_by_dataset.append(versus_float32)
         mse = mse_findings(ordered, n_resamples=n_resamples, seed=bootstrap_seed)
         against_peers = peer_lines(ordered, n_resamples=n_resamples, seed=bootstrap_seed)
+        peers_by_dataset.append(against_peers)
         n_peers = sum(1 for e in entries if e.peer)
         page += [f"## {results.dataset} / {results.model}", "",
                  f"{len(entries) - n_peers} rows of ours and {n_peers} peer rows, "
@@ -184,7 +187,7 @@ def _write_report(all_results: Sequence[DatasetResults], folders: Sequence[Path]
                  " ".join(q6_sentences(ordered, versus_float32)), "",
                  "### Every row", ""]
         page += rows_table(ordered, entries, numbers) + [""]
-    summary = across_datasets(all_results, float32_by_dataset)
+    summary = across_datasets(all_results, float32_by_dataset) + ceiling_across(all_results, peers_by_dataset)
     if summary:
         page += ["## Across datasets", "", " ".join(summary), ""]
     page += ["## Definitions", "",

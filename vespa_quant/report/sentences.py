@@ -170,6 +170,21 @@ def ceiling_sentences(results: DatasetResults, lines: Sequence[PeerLine]) -> lis
     return sentences
 
 
+def ceiling_across(all_results: Sequence[DatasetResults], lines: Sequence[Sequence[PeerLine]]) -> list[str]:
+    """Peers that float32 itself is significantly above on no dataset: no quantizer can be shown to beat them here."""
+    if len(all_results) < 2:
+        return []
+    out_of_reach = [{line.peer.label() for line in dataset if line.float32_minus_peer is not None
+                     and line.ceiling_verdict != "beats"} for dataset in lines]
+    compared = [{line.peer.label() for line in dataset if line.float32_minus_peer is not None} for dataset in lines]
+    everywhere = set.intersection(*compared)
+    never = sorted(set.intersection(*out_of_reach) & everywhere)
+    datasets = ", ".join(r.dataset for r in all_results)
+    return [f"Peers that float32 itself is significantly above on none of the datasets ({datasets}), so that no "
+            "quantizer can be shown to beat them on these queries by keeping float32's ranking: "
+            + (", ".join(never) or "none") + "."]
+
+
 def across_datasets(all_results: Sequence[DatasetResults], findings: Sequence[Float32Findings]) -> list[str]:
     """Q6 over every dataset at once: significant on all of them, in the same direction."""
     if len(all_results) < 2:
