@@ -104,12 +104,12 @@ def test_codes_are_the_nearest_levels(name: str, vectors) -> None:
     docs, _ = vectors
     method = get_method(name)
     calibration = calibrate(method, docs)
-    z = method.components(calibration.rotate(docs), calibration.constants)
     codes = method.codes(calibration.rotate(docs), calibration.constants)
     for bits, index in method.groups(docs.shape[1]):
+        z = method.components(calibration.rotate(docs), calibration.constants, index)
         levels = design(bits)[1]
-        chosen = np.abs(z[:, index] - levels[codes[:, index]])
-        best = np.abs(z[:, index, None] - levels[None, None, :]).min(axis=2)
+        chosen = np.abs(z - levels[codes[:, index]])
+        best = np.abs(z[:, :, None] - levels[None, None, :]).min(axis=2)
         np.testing.assert_allclose(chosen, best, atol=1e-9)
     assert np.all(codes[:, method.depths(docs.shape[1]) == 0] == 0)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from vespa_quant.engine import kernels
 from vespa_quant.errors import VespaQuantError
-from vespa_quant.quantize.base import Arrays
+from vespa_quant.quantize.base import Arrays, columns
 from vespa_quant.quantize.scoring import (
     BitDocs,
     BitQueries,
@@ -92,7 +92,7 @@ class _TableLayout:
         stop = start + len(view.codes)
         for (_bits, index), stored, at in zip(self.groups, self.stored, self.offsets):
             whole = len(index) == view.codes.shape[1]  # every dimension: no gathered copy
-            packed = kernels.pack_codes(view.codes if whole else view.codes[:, index], stored)
+            packed = kernels.pack_codes(view.codes if whole else view.codes[:, columns(index)], stored)
             self.packed[start:stop, at:at + packed.shape[1]] = packed
         if self.scale is not None and view.scale is not None:
             self.scale[start:stop] = view.scale

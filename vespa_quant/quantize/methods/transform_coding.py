@@ -44,7 +44,7 @@ from scipy.special import ndtr
 
 from vespa_quant.errors import CalibrationError
 from vespa_quant.quantize import fit
-from vespa_quant.quantize.base import Arrays, CodeField, InputSpec
+from vespa_quant.quantize.base import Arrays, CodeField, InputSpec, columns
 from vespa_quant.quantize.expr import Expr, QueryInput, Sum, add
 from vespa_quant.quantize.methods.fitting import bucketize, gauss_lloyd_max
 from vespa_quant.quantize.planes import (
@@ -220,29 +220,36 @@ class TransformCoding:
         return {"centre": centre, "axes": axes, "sigma": np.where(sigma > 1e-12, sigma, 1.0),
                 "median": fit.median(corpus).astype(np.float64)}
 
-    def components(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
-        """(n, d) standardised principal components ``P (x - m) / sigma``.
+    def components(self, vectors: np.ndarray, constants: Arrays, index: np.ndarray | None = None) -> np.ndarray:
+        """(n, d) standardised principal components ``P (x - m) / sigma`` (only ``index`` when given).
 
         Projected in float32 (a float32 GEMM, 4x the speed of float64 at 1M documents); the
         values are float32 inputs, so the components carry float32 precision either way.
         """
         centred = np.asarray(vectors, dtype=np.float32) - constants["centre"].astype(np.float32)
-        return (centred @ constants["axes"].T.astype(np.float32)) / constants["sigma"].astype(np.float32)
+        axes, sigma = constants["axes"], constants["sigma"]
+        if index is not None:
+            axes, sigma = axes[index], sigma[index]
+        return (centred @ axes.T.astype(np.float32)) / sigma.astype(np.float32)
+
+    def group_codes(self, vectors: np.ndarray, constants: Arrays, bits: int, index: np.ndarray) -> np.ndarray:
+        """(n, len(index)) uint8 codes of one depth group: only its components are projected
+        (at 48 B a third of them carry no bits), each group one contiguous array."""
+        return bucketize(self.components(vectors, constants, index), np.tile(design(bits)[0], (len(index), 1)))
 
     def codes(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
         """(n, d) uint8 code of every component (0 for the components given no bits)."""
-        z = self.components(vectors, constants)
-        codes = np.zeros(z.shape, dtype=np.uint8)
-        for bits, index in self.groups(z.shape[1]):
-            boundaries = design(bits)[0]
-            codes[:, index] = bucketize(z[:, index], np.tile(boundaries, (len(index), 1)))
+        dim = constants["centre"].shape[0]
+        codes = np.zeros((len(vectors), dim), dtype=np.uint8)
+        for bits, index in self.groups(dim):
+            codes[:, columns(index)] = self.group_codes(vectors, constants, bits, index)
         return codes
 
     def encode(self, vectors: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
-        codes = self.codes(vectors, constants)
         out: dict[str, np.ndarray] = {}
-        for bits, index in self.groups(codes.shape[1]):
-            out.update(encode_planes(codes[:, index], bits, use_gray=False, prefix=_prefix(bits)))
+        for bits, index in self.groups(constants["centre"].shape[0]):
+            out.update(encode_planes(self.group_codes(vectors, constants, bits, index), bits, use_gray=False,
+                                     prefix=_prefix(bits)))
         return out
 
     def group_tables(self, queries: np.ndarray, constants: Arrays, bits: int, index: np.ndarray) -> np.ndarray:
@@ -271,7 +278,7 @@ class TransformCoding:
             group = decode_planes(dict(codes), bits, use_gray=False, dim=len(index), prefix=_prefix(bits))
             if out is None:
                 out = np.zeros((len(group), dim), dtype=np.uint8)
-            out[:, index] = group
+            out[:, columns(index)] = group
         return np.zeros((0, dim), dtype=np.uint8) if out is None else out
 
     def levels(self, dim: int) -> np.ndarray:
