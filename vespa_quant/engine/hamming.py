@@ -146,7 +146,7 @@ def _offer(distance, limit, r, keys, rows, count, threshold, part, q, k):
 
 @njit(cache=True, nogil=True)
 def _hamming_rows_part(query_words, docs, first, last, k, part, keys, rows, count, threshold):
-    """Rows ``first..last``, four at a time: distances, then one compare with the query's k-th distance.
+    """Rows ``first..last``, two at a time: distances, then one compare with the query's k-th distance.
 
     ``query_words`` is a tuple (per query) of tuples of words, so the word count is a compile-time
     constant and LLVM unrolls the popcounts (10-15% faster than a loop over an array's words).
