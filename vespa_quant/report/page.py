@@ -94,43 +94,34 @@ def rows_table(results: DatasetResults, entries: Sequence[Entry], numbers: Seque
     return _table(header, body)
 
 
-def budget_table(results: DatasetResults, lines: Sequence[BudgetLine]) -> list[str]:
-    header = ["budget", "best of ours ≤ budget", "NDCG@10", "best peer ≤ budget", "NDCG@10",
-              "ours − peer [95% CI]", "p", "verdict"]
-    body = []
-    for line in lines:
-        def cell(entry: Entry | None) -> tuple[str, str]:
-            if entry is None:
-                return "–", "–"
-            return f"{results.label(entry)} ({entry.bytes:g} B)", _number(entry.mean, ".4f")
-
-        ours, peer = cell(line.ours), cell(line.peer)
-        difference = line.difference
-        body.append([
-            f"{line.budget} B", *ours, *peer,
-            "–" if difference is None else
-            f"{difference.delta_mean:+.4f} [{difference.ci_low:+.4f}, {difference.ci_high:+.4f}]",
-            "–" if difference is None else _number(difference.p_value, ".3f"),
-            f"ours {line.verdict}" if line.verdict else "–",
-        ])
-    return _table(header, body)
+def _entry_cells(results: DatasetResults, entry: Entry | None) -> tuple[str, str]:
+    """(label with bytes, NDCG@10) of a row, or dashes."""
+    if entry is None:
+        return "–", "–"
+    return f"{results.label(entry)} ({entry.bytes:g} B)", _number(entry.mean, ".4f")
 
 
 def _difference(result: PairedResult | None) -> tuple[str, str]:
+    """(difference [CI], p) of a paired bootstrap, or dashes."""
     if result is None:
         return "–", "–"
     return (f"{result.delta_mean:+.4f} [{result.ci_low:+.4f}, {result.ci_high:+.4f}]", _number(result.p_value, ".3f"))
 
 
+def budget_table(results: DatasetResults, lines: Sequence[BudgetLine]) -> list[str]:
+    header = ["budget", "best of ours ≤ budget", "NDCG@10", "best peer ≤ budget", "NDCG@10",
+              "ours − peer [95% CI]", "p", "verdict"]
+    body = [[f"{line.budget} B", *_entry_cells(results, line.ours), *_entry_cells(results, line.peer),
+             *_difference(line.difference), f"ours {line.verdict}" if line.verdict else "–"] for line in lines]
+    return _table(header, body)
+
+
 def peer_table(results: DatasetResults, lines: Sequence[PeerLine]) -> list[str]:
     header = ["peer", "bytes", "NDCG@10", "float32 − peer [95% CI]", "p", "best of ours ≤ bytes", "NDCG@10",
               "ours − peer [95% CI]", "p"]
-    body = []
-    for line in lines:
-        ours = ("–", "–") if line.ours is None else (f"{results.label(line.ours)} ({line.ours.bytes:g} B)",
-                                                   _number(line.ours.mean, ".4f"))
-        body.append([results.label(line.peer), f"{line.peer.bytes:g}", _number(line.peer.mean, ".4f"),
-                     *_difference(line.float32_minus_peer), *ours, *_difference(line.ours_minus_peer)])
+    body = [[results.label(line.peer), f"{line.peer.bytes:g}", _number(line.peer.mean, ".4f"),
+             *_difference(line.float32_minus_peer), *_entry_cells(results, line.ours),
+             *_difference(line.ours_minus_peer)] for line in lines]
     return _table(header, body)
 
 
