@@ -104,7 +104,8 @@ def test_codes_are_the_nearest_levels(name: str, vectors) -> None:
     docs, _ = vectors
     method = get_method(name)
     calibration = calibrate(method, docs)
-    codes = method.codes(calibration.rotate(docs), calibration.constants)
+    # Codes as documents store them: encoded into planes, decoded back (0 for components given no bits).
+    codes = method.decoded(method.encode(calibration.rotate(docs), calibration.constants), calibration.constants)
     for bits, index in method.groups(docs.shape[1]):
         z = method.components(calibration.rotate(docs), calibration.constants, index)
         levels = design(bits)[1]

@@ -237,14 +237,6 @@ class TransformCoding:
         (at 48 B a third of them carry no bits), each group one contiguous array."""
         return bucketize(self.components(vectors, constants, index), np.tile(design(bits)[0], (len(index), 1)))
 
-    def codes(self, vectors: np.ndarray, constants: Arrays) -> np.ndarray:
-        """(n, d) uint8 code of every component (0 for the components given no bits)."""
-        dim = constants["centre"].shape[0]
-        codes = np.zeros((len(vectors), dim), dtype=np.uint8)
-        for bits, index in self.groups(dim):
-            codes[:, columns(index)] = self.group_codes(vectors, constants, bits, index)
-        return codes
-
     def encode(self, vectors: np.ndarray, constants: Arrays) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for bits, index in self.groups(constants["centre"].shape[0]):
